@@ -1,0 +1,87 @@
+"""One session per package, plus lint, demo and bench.
+
+Each tests-<pkg> session installs only that package and the crumpets siblings it
+declares, so a missing dependency or a stray import (torch in core) fails there.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
+
+# The CPU build of torch is installed from the machine's local wheel; an unpinned
+# torch would pull gigabytes of CUDA packages.
+TORCH = "torch==2.13.0"
+TEST_DEPS = ["pytest>=8", "hypothesis>=6"]
+
+# package -> the local packages it needs installed, in dependency order
+LOCAL = {
+    "core": ["core"],
+    "augment": ["core", "augment"],
+    "torch": ["core", "torch"],
+    "train": ["core", "torch", "train"],
+    "integration": ["core", "augment", "torch", "train"],
+}
+
+
+def install_local(session: nox.Session, names: list[str], *extra: str) -> None:
+    if any(n in ("torch", "train") for n in names):
+        session.install(TORCH)
+    args: list[str] = []
+    for name in names:
+        args += ["-e", f"packages/crumpets-{name}"]
+    session.install(*args, *extra)
+
+
+def run_tests(session: nox.Session, name: str) -> None:
+    install_local(session, LOCAL[name], *TEST_DEPS)
+    session.run("pytest", f"tests/{name}", *session.posargs)
+
+
+@nox.session(name="tests-core")
+def tests_core(session: nox.Session) -> None:
+    run_tests(session, "core")
+
+
+@nox.session(name="tests-augment")
+def tests_augment(session: nox.Session) -> None:
+    run_tests(session, "augment")
+
+
+@nox.session(name="tests-torch")
+def tests_torch(session: nox.Session) -> None:
+    run_tests(session, "torch")
+
+
+@nox.session(name="tests-train")
+def tests_train(session: nox.Session) -> None:
+    run_tests(session, "train")
+
+
+@nox.session(name="tests-integration")
+def tests_integration(session: nox.Session) -> None:
+    run_tests(session, "integration")
+
+
+@nox.session(name="tests", venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """Every package's tests, each in its own environment."""
+    for name in ("core", "augment", "torch", "train", "integration"):
+        session.notify(f"tests-{name}", session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The README's first command: load real handwritten digits through the pipeline."""
+    install_local(session, ["core"], "scikit-learn")
+    session.run("python", "examples/demo.py", *session.posargs)

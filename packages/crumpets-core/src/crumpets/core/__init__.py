@@ -1,0 +1,17 @@
+"""crumpets-core: the TurboDataLoader pipeline (pyzmq, msgpack, shared memory),
+dataset files, logging, timing and the ``crumpets`` command."""
+
+from ._version import __version__
+from .broker import BufferWorker, Worker, WorkerError
+from .dataloader import TurboDataLoader
+from .shm import pack, unpack
+
+__all__ = [
+    "BufferWorker",
+    "TurboDataLoader",
+    "Worker",
+    "WorkerError",
+    "__version__",
+    "pack",
+    "unpack",
+]

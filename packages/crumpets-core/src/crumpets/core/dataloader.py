@@ -1,0 +1,411 @@
+"""TurboDataLoader: parallel loading and processing of msgpack samples into batches.
+
+The loader sees the data as an endless stream of batches: pass ``p`` over the dataset
+(``p`` is the epoch used for shuffling and per-sample seeds) contributes
+``batches_per_pass`` batches, the last one partial unless ``drop_last``. A ``for`` loop
+over the loader yields the next ``epoch_iterations`` batches of that stream; leaving the
+loop early abandons the rest of that epoch, and the next loop starts the next one.
+A batch's samples depend only on (seed, pass, rank, position), never on the workers,
+which is what makes batches identical for any number of workers and lets
+:meth:`TurboDataLoader.state_dict` resume in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .broker import Pipeline, Worker
+from .shm import DummyBufferManager, SharedBufferManager
+
+__all__ = ["TurboDataLoader"]
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _random_access(iterable: Any) -> bool:
+    return (
+        hasattr(iterable, "__len__")
+        and hasattr(iterable, "__getitem__")
+        and not isinstance(iterable, (Mapping, str, bytes))
+    )
+
+
+def _distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    # torchrun and torch.distributed.launch export these for every rank.
+    if rank is None and world_size is None and "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return (0 if rank is None else int(rank)), (1 if world_size is None else int(world_size))
+
+
+def _shutdown(pipeline: Pipeline, manager: Any, handler: Any) -> None:
+    try:
+        pipeline.stop()
+    finally:
+        manager.close()
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _raise_exit(signum: int, frame: Any) -> None:
+    # SIGTERM unwinds like Ctrl-C, so `with loader:` stops workers and frees memory.
+    raise SystemExit(128 + signum)
+
+
+class TurboDataLoader:
+    """Fast parallel loading and processing of input data.
+
+    Always use the loader inside a ``with`` statement, which starts and stops the worker
+    processes. Iterating yields ``(iteration, mini_batches)``: ``iteration`` counts
+    batches from ``start_iteration``; ``mini_batches`` is a list of ``num_mini_batches``
+    dicts produced by the workers (e.g. 'image', 'label', 'augmentation').
+
+    Example:
+        >>> loader = TurboDataLoader(samples, 64, ClassificationWorker(...), nworkers=4)
+        >>> with loader:
+        ...     for epoch in range(epochs):
+        ...         for iteration, mini_batches in loader:
+        ...             for sample in mini_batches:
+        ...                 images = sample['image']
+
+    Args:
+        iterable: msgpack bytes of samples: a sequence (``len`` and indexing, e.g. a list
+            or :class:`crumpets.core.dataset.Reader`), which the loader reads by index and
+            can shuffle and shard; or any iterator (e.g. ``itertools.cycle(list)``), read
+            in order.
+        batch_size: samples per batch.
+        worker_template: a :class:`crumpets.core.broker.Worker`; copied once per worker.
+        nworkers: number of worker processes.
+        length: samples per epoch; defaults to ``len(iterable)`` (required for iterators).
+        num_mini_batches: mini-batches each batch is split into; must divide batch_size.
+        start_iteration: first value of the iteration counter (for resuming).
+        shared_memory: True for ``2 * nworkers`` shared buffer sets, a number for that
+            many, False or 0 to send batches inside messages.
+        seed: seed for shuffling and for every sample's random generator; None picks one.
+        shuffle: reshuffle the samples every epoch (needs a sequence).
+        drop_last: drop the last partial batch of an epoch (and, with several ranks,
+            the samples that would not divide evenly).
+        rank: this process's shard; default ``$RANK`` under torchrun, else 0.
+        world_size: number of shards; default ``$WORLD_SIZE`` under torchrun, else 1.
+            Every rank gets the same number of batches: without drop_last, the shards
+            are padded by repeating samples from the start of the epoch's order.
+
+    Raises:
+        TypeError, ValueError: for invalid arguments, naming the argument.
+    """
+
+    def __init__(
+        self,
+        iterable: Any,
+        batch_size: int,
+        worker_template: Worker,
+        nworkers: int,
+        length: int | None = None,
+        num_mini_batches: int = 1,
+        start_iteration: int = 0,
+        shared_memory: bool | int = True,
+        *,
+        seed: int | None = None,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.nworkers = _positive_int("nworkers", nworkers)
+        self.num_mini_batches = _positive_int("num_mini_batches", num_mini_batches)
+        if self.batch_size % self.num_mini_batches:
+            raise ValueError(
+                f"num_mini_batches={num_mini_batches} must divide batch_size={batch_size}"
+            )
+        if not isinstance(worker_template, Worker):
+            raise TypeError(
+                "worker_template must be an instance of crumpets.core.broker.Worker, "
+                f"got {type(worker_template).__name__}"
+            )
+        self.worker_template = worker_template
+        if isinstance(shared_memory, bool) or shared_memory is None:
+            self.num_buffers = 2 * self.nworkers if shared_memory else 0
+        elif isinstance(shared_memory, (int, np.integer)) and shared_memory >= 0:
+            self.num_buffers = int(shared_memory)
+        else:
+            raise ValueError(f"shared_memory must be a bool or a count >= 0, got {shared_memory!r}")
+
+        self.iterable = iterable
+        self.random_access = _random_access(iterable)
+        if not self.random_access and not hasattr(iterable, "__iter__"):
+            raise TypeError(f"iterable must be iterable, got {type(iterable).__name__}")
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.rank, self.world_size = _distributed_defaults(rank, world_size)
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank={self.rank} must be in [0, world_size={self.world_size})")
+        if not self.random_access and (self.shuffle or self.world_size > 1):
+            what = "shuffle=True" if self.shuffle else f"world_size={self.world_size}"
+            raise ValueError(
+                f"{what} needs an iterable with len() and indexing (a list or a dataset "
+                f"Reader), got {type(iterable).__name__}"
+            )
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy) % 2**63
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        self.seed = int(seed)
+
+        self._iteration = int(start_iteration)
+        self._cursor = 0  # stream index of the next batch to yield
+        self._epoch_end: int | None = None  # set while an epoch is in progress
+        self._seq = 0  # requests sent so far
+        self._iterator = None if self.random_access else iter(iterable)
+        self._read_pos = 0  # items taken from a plain iterator
+        self._order: tuple[int, np.ndarray] | None = None
+        self._generator: Any = None
+        self._pipeline: Pipeline | None = None
+        self._finalizer: Any = None
+        self.set_length(length)
+
+    # -- epoch geometry -------------------------------------------------------------------
+    def set_length(self, length: int | None) -> None:
+        """Set the number of samples per epoch; resets epoch_iterations accordingly.
+
+        Args:
+            length: ``len(iterable)`` or fewer; None means ``len(iterable)``.
+        """
+        if length is None:
+            if not hasattr(self.iterable, "__len__"):
+                raise ValueError("length is required for an iterable without len()")
+            length = len(self.iterable)
+        length = int(length)
+        if length < 1:
+            raise ValueError(f"length must be >= 1, got {length}")
+        if self.random_access and length > len(self.iterable):
+            raise ValueError(f"length={length} exceeds len(iterable)={len(self.iterable)}")
+        self.length = length
+        if self.world_size == 1:
+            self.shard_length = length
+        elif self.drop_last:
+            self.shard_length = length // self.world_size
+        else:
+            self.shard_length = -(-length // self.world_size)
+        if self.drop_last:
+            self.batches_per_pass = self.shard_length // self.batch_size
+        else:
+            self.batches_per_pass = -(-self.shard_length // self.batch_size)
+        if self.batches_per_pass < 1:
+            raise ValueError(
+                f"length={length} gives no complete batch of batch_size={self.batch_size} "
+                f"per rank (world_size={self.world_size}) with drop_last=True"
+            )
+        self.epoch_iterations = self.batches_per_pass
+        self._order = None
+
+    def set_epoch_iterations(self, iterations: int) -> None:
+        """Set the number of batches per epoch; does not change length.
+
+        Args:
+            iterations: batches yielded by one ``for`` loop over the loader.
+        """
+        self.epoch_iterations = _positive_int("iterations", iterations)
+
+    def __len__(self) -> int:
+        return self.epoch_iterations
+
+    def _pass_order(self, p: int) -> np.ndarray:
+        """This rank's sample indices for pass ``p``."""
+        if self._order is not None and self._order[0] == p:
+            return self._order[1]
+        if self.shuffle:
+            order = np.random.default_rng((self.seed, p)).permutation(self.length)
+        else:
+            order = np.arange(self.length)
+        if self.world_size > 1:
+            total = self.shard_length * self.world_size
+            order = order[:total] if total <= self.length else np.resize(order, total)
+            order = order[self.rank :: self.world_size]
+        self._order = (p, order)
+        return order
+
+    def batch_indices(self, b: int) -> tuple[int, np.ndarray]:
+        """(pass, sample indices) of batch ``b`` of the stream."""
+        p, j = divmod(b, self.batches_per_pass)
+        start = j * self.batch_size
+        return p, self._pass_order(p)[start : start + self.batch_size]
+
+    def _items(self, p: int, indices: np.ndarray) -> list:
+        if self.random_access:
+            items = [self.iterable[i] for i in indices.tolist()]
+        else:
+            pos = p * self.length + int(indices[0])
+            while self._read_pos < pos:  # skip what an abandoned epoch or a resume passed
+                self._next_item(p)
+            items = [self._next_item(p) for _ in indices]
+        for item, index in zip(items, indices.tolist()):
+            if not isinstance(item, (bytes, bytearray, memoryview)):
+                raise TypeError(
+                    f"iterable item {index} is a {type(item).__name__}, not msgpack bytes; "
+                    "pack samples with msgpack.packb(sample, use_bin_type=True)"
+                )
+        return items
+
+    def _next_item(self, p: int) -> Any:
+        try:
+            item = next(self._iterator)
+        except StopIteration:
+            raise ValueError(
+                f"iterable ran out after {self._read_pos} items, in epoch {p} of "
+                f"length={self.length}; pass a list or Reader, or itertools.cycle it"
+            ) from None
+        self._read_pos += 1
+        return item
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the processing pipeline."""
+        if self._pipeline is not None:
+            raise RuntimeError("loader is already started")
+        specs = getattr(self.worker_template, "buffer_specs", {})
+        if self.num_buffers and specs:
+            manager = SharedBufferManager(self.num_buffers, self.batch_size, specs)
+            max_in_flight = self.num_buffers
+        else:
+            manager = DummyBufferManager(self.batch_size, specs)
+            max_in_flight = self.num_buffers or 2 * self.nworkers
+        handler = None
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        ):
+            handler = signal.signal(signal.SIGTERM, _raise_exit)
+        pipeline = Pipeline(self.worker_template, self.nworkers, manager, max_in_flight)
+        # Runs on stop(), on garbage collection or at interpreter exit, whichever is first.
+        self._finalizer = weakref.finalize(self, _shutdown, pipeline, manager, handler)
+        pipeline.start()
+        self._pipeline = pipeline
+
+    def stop(self) -> None:
+        """Stop the processing pipeline: workers, sockets and shared memory."""
+        if self._generator is not None:
+            self._generator.close()
+            self._generator = None
+        self._pipeline = None
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+
+    @property
+    def buffer_manager(self) -> Any:
+        """The running pipeline's SharedBufferManager or DummyBufferManager (None when
+        stopped): the memory every batch's arrays are views of."""
+        return None if self._pipeline is None else self._pipeline.buffer_manager
+
+    def __enter__(self) -> TurboDataLoader:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- iteration ------------------------------------------------------------------------
+    def __iter__(self):
+        if self._pipeline is None:
+            raise RuntimeError("start the loader first: use it inside `with loader:`")
+        if self._generator is not None:
+            self._generator.close()
+        if self._epoch_end is None:
+            self._epoch_end = self._cursor + self.epoch_iterations
+        self._generator = self._epoch(self._cursor, self._epoch_end)
+        return self._generator
+
+    def _epoch(self, start: int, end: int):
+        pipeline = self._pipeline
+        pipeline.discard_before(self._seq)  # results still coming belong to an old epoch
+        seq0 = self._seq
+        sent = start
+        try:
+            for b in range(start, end):
+                while sent < end and pipeline.can_submit():
+                    self._submit(pipeline, sent, seq0 + sent - start)
+                    sent += 1
+                while sent == b:  # the batch we need next has not been sent
+                    if pipeline.in_flight:
+                        pipeline.wait_any()
+                    elif pipeline.buffers_held():
+                        raise RuntimeError(
+                            f"all {self.num_buffers} shared buffer sets are still referenced "
+                            "by your code, so no batch can be loaded. Keep fewer batches, "
+                            "copy what you keep (array.copy()), or pass a larger "
+                            "shared_memory=N to the loader."
+                        )
+                    if pipeline.can_submit():
+                        self._submit(pipeline, sent, seq0 + sent - start)
+                        sent += 1
+                batch = pipeline.result(seq0 + b - start)
+                self._cursor = b + 1
+                iteration = self._iteration
+                self._iteration += 1
+                yield iteration, self._split(batch)
+        finally:
+            self._seq = seq0 + sent - start
+            self._cursor = end
+            self._epoch_end = None
+
+    def _submit(self, pipeline: Pipeline, b: int, seq: int) -> None:
+        p, indices = self.batch_indices(b)
+        if not self.random_access:
+            # a plain iterator is numbered by position in the epoch
+            indices = indices.astype(np.int64)
+        items = self._items(p, indices)
+        pipeline.submit(seq, self.seed, p, indices.tolist(), items)
+
+    def _split(self, batch: dict) -> list[dict]:
+        m = self.num_mini_batches
+        if m == 1:
+            return [batch]
+        n = next((len(v) for v in batch.values() if hasattr(v, "__len__")), 0)
+        bounds = [n * i // m for i in range(m + 1)]
+        minis = []
+        for a, b in zip(bounds, bounds[1:]):
+            if b > a:  # a short last batch gives fewer, never empty, mini-batches
+                minis.append({k: v[a:b] if hasattr(v, "__len__") else v for k, v in batch.items()})
+        return minis
+
+    # -- resuming -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Position of the loader: load it into a new loader to continue from here."""
+        return {
+            "iteration": self._iteration,
+            "cursor": self._cursor,
+            "epoch_end": self._epoch_end,
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a :meth:`state_dict`, in the middle of an epoch if it was taken
+        there. Uses the saved seed, so shuffling and augmentation continue identically."""
+        missing = {"iteration", "cursor", "epoch_end", "seed"} - set(state)
+        if missing:
+            raise KeyError(f"loader state lacks {sorted(missing)}")
+        if self._generator is not None:
+            self._generator.close()
+            self._generator = None
+        self._iteration = int(state["iteration"])
+        self._cursor = int(state["cursor"])
+        self._epoch_end = None if state["epoch_end"] is None else int(state["epoch_end"])
+        self.seed = int(state["seed"])
+        self._order = None

@@ -1,0 +1,345 @@
+"""Shared-memory buffer sets and the msgpack codec that references them.
+
+One shared-memory segment holds ``num_buffers`` buffer sets; a set holds one array per
+buffer spec, each ``(batch_size,) + shape``. The loader's main process hands a free set
+(a *slot*) to a worker with each request; the worker writes the whole batch into it and
+sends back a small message in which arrays living in the segment are replaced by
+references (offset, dtype, shape, strides). The main process turns those references into
+views of its own mapping. Every view of a slot keeps a lease object alive; when the last
+view is garbage-collected the lease returns the slot to the pool. Nothing is copied, and
+memory is bounded by ``num_buffers`` sets.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import shutil
+import sys
+import uuid
+import weakref
+from multiprocessing import resource_tracker, shared_memory
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from ._buffers import make_buffer, make_bufferspec, make_fill_value
+
+EXT_NDARRAY = 1
+EXT_SHARED = 2
+# Cache-line alignment keeps every buffer's rows aligned for vectorised kernels.
+ALIGN = 64
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _pack_array(arr: np.ndarray) -> msgpack.ExtType:
+    if arr.dtype.hasobject:
+        raise TypeError(f"cannot pack an array of dtype {arr.dtype}; use a numeric dtype")
+    arr = np.ascontiguousarray(arr)
+    raw = memoryview(arr.reshape(-1).view(np.uint8))
+    return msgpack.ExtType(EXT_NDARRAY, msgpack.packb([arr.dtype.str, arr.shape, raw]))
+
+
+def _unpack_array(data: bytes) -> np.ndarray:
+    dtype, shape, raw = msgpack.unpackb(data)
+    # bytes are read-only; a writable copy behaves like any other array downstream
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return _pack_array(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot pack object of type {type(obj).__name__} with msgpack")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EXT_NDARRAY:
+        return _unpack_array(data)
+    return msgpack.ExtType(code, data)
+
+
+def _msgpack_numpy_hook(obj: dict) -> Any:
+    # Datasets written with msgpack_numpy encode arrays as dicts; decode them too.
+    nd = obj.get(b"nd", obj.get("nd"))
+    if nd is None or len(obj) > 5:
+        return obj
+    get = obj.get
+    dtype, data = get(b"type", get("type")), get(b"data", get("data"))
+    if dtype is None or data is None:
+        return obj
+    dtype = np.dtype(dtype.decode() if isinstance(dtype, bytes) else dtype)
+    if nd is True:
+        return np.frombuffer(data, dtype=dtype).reshape(get(b"shape", get("shape"))).copy()
+    return np.frombuffer(data, dtype=dtype)[0]
+
+
+def pack(obj: Any) -> bytes:
+    """Pack an object with msgpack; numpy arrays and scalars are supported."""
+    return msgpack.packb(obj, default=_default, use_bin_type=True)
+
+
+def unpack(data: Any) -> Any:
+    """Unpack msgpack bytes made by :func:`pack` (or by msgpack_numpy)."""
+    return msgpack.unpackb(
+        data, raw=False, ext_hook=_ext_hook, object_hook=_msgpack_numpy_hook, strict_map_key=False
+    )
+
+
+def shared_array(shape: Any, dtype: Any = np.float32) -> np.ndarray:
+    """Create a numpy array that resides in shared memory, inherited by forked children.
+
+    The memory is an anonymous shared mapping: it is released when the last process
+    holding it drops the array, so it cannot leak a /dev/shm entry.
+
+    Args:
+        shape: array shape.
+        dtype: numpy dtype.
+
+    Returns:
+        np.ndarray
+    """
+    import mmap
+
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = mmap.mmap(-1, max(nbytes, 1))
+    return np.frombuffer(buf, dtype=np.uint8, count=nbytes).view(dtype).reshape(shape)
+
+
+def check_shm_space(nbytes: int, path: str = "/dev/shm") -> None:
+    """Raise before allocating if ``path`` cannot hold ``nbytes`` more.
+
+    tmpfs allocates lazily, so an oversized segment would otherwise be created fine and
+    kill a worker with SIGBUS on its first write.
+    """
+    if not os.path.isdir(path):
+        return
+    free = shutil.disk_usage(path).free
+    if nbytes > free:
+        raise OSError(
+            errno.ENOSPC,
+            f"shared memory pool needs {nbytes:,} bytes but {path} has {free:,} free. "
+            f"Use fewer or smaller buffers (shared_memory=N, batch_size), enlarge {path} "
+            "(docker run --shm-size=...), or pass shared_memory=False.",
+        )
+
+
+class _Lease:
+    """Alive as long as any view of one buffer set is; see SharedBufferManager.unpack."""
+
+    __slots__ = ("__weakref__",)
+
+
+class _SharedView:
+    # numpy keeps the object an array was made from as its ``base``: the view holds
+    # the lease, and the lease returns the slot when every view is gone.
+    __slots__ = ("__array_interface__", "owner", "lease")
+
+    def __init__(self, owner: np.ndarray, lease: _Lease | None):
+        self.__array_interface__ = owner.__array_interface__
+        self.owner = owner
+        self.lease = lease
+
+
+class _BufferManagerBase:
+    """Buffer specs and per-slot buffers, shared by the shared and the dummy manager."""
+
+    def __init__(self, batch_size: int, buffer_specs: dict[str, Any]):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.buffer_specs = {k: make_bufferspec(v) for k, v in buffer_specs.items()}
+        self._fill = {k: make_fill_value(*spec) for k, spec in self.buffer_specs.items()}
+
+    def fill(self, buffers: dict[str, np.ndarray], n: int) -> None:
+        """Reset the first ``n`` rows of ``buffers`` to their fill values."""
+        for key, arr in buffers.items():
+            arr[:n] = self._fill[key]
+
+
+class DummyBufferManager(_BufferManagerBase):
+    """Replacement for SharedBufferManager when shared memory is off.
+
+    Workers get fresh arrays for every batch, which travel inside the msgpack message.
+    """
+
+    num_buffers = 0
+
+    def buffers(self, slot: int | None = None) -> dict[str, np.ndarray]:
+        """Fresh arrays, one per buffer spec, each ``(batch_size,) + shape``."""
+        return {k: make_buffer(self.batch_size, *spec) for k, spec in self.buffer_specs.items()}
+
+    def fill(self, buffers: dict[str, np.ndarray], n: int) -> None:
+        pass  # make_buffer already filled them
+
+    def acquire(self) -> int | None:
+        return None
+
+    def release(self, slot: int | None) -> None:
+        pass
+
+    def pack(self, obj: Any) -> bytes:
+        """Pack an object using msgpack; arrays are copied into the message."""
+        return pack(obj)
+
+    def unpack(self, data: Any, lease: Any = None) -> Any:
+        """Unpack a msgpack message made by :meth:`pack`."""
+        return unpack(data)
+
+    def close(self) -> None:
+        pass
+
+
+class SharedBufferManager(_BufferManagerBase):
+    """``num_buffers`` sets of batch buffers in one shared-memory segment.
+
+    Usage: the main process calls :meth:`acquire` for a free slot and sends its number
+    with the request; the worker fills :meth:`buffers` of that slot and sends
+    :meth:`pack` of its result; the main process calls :meth:`lease` and :meth:`unpack`
+    with it. The slot is free again once every array returned by :meth:`unpack` is gone.
+    Storing those arrays permanently exhausts the pool; the loader detects that and
+    raises instead of waiting forever.
+
+    Args:
+        num_buffers: number of buffer sets.
+        batch_size: rows per buffer.
+        buffer_specs: dict of name -> ``(shape, dtype[, fill_value])`` or template array.
+
+    Raises:
+        OSError: if /dev/shm cannot hold the pool (the message gives bytes and fixes).
+    """
+
+    def __init__(self, num_buffers: int, batch_size: int, buffer_specs: dict[str, Any]):
+        super().__init__(batch_size, buffer_specs)
+        if int(num_buffers) < 1:
+            raise ValueError(f"num_buffers must be >= 1, got {num_buffers}")
+        self.num_buffers = int(num_buffers)
+        self._layout: dict[str, int] = {}
+        offset = 0
+        for key, (shape, dtype, _) in self.buffer_specs.items():
+            self._layout[key] = offset
+            offset += _align(self.batch_size * int(np.prod(shape)) * dtype.itemsize)
+        self.set_size = max(offset, ALIGN)
+        self.nbytes = self.set_size * self.num_buffers
+        check_shm_space(self.nbytes)
+        # The pid in the name tells whose segment it is, should one ever be left behind.
+        name = f"crumpets_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+        self._shm = shared_memory.SharedMemory(name=name, create=True, size=self.nbytes)
+        self._owner = os.getpid()
+        self._map()
+        self._free: collections.deque[int] = collections.deque(range(self.num_buffers))
+
+    def _map(self) -> None:
+        self._master = np.frombuffer(self._shm.buf, dtype=np.uint8, count=self.nbytes)
+        self._base = self._master.__array_interface__["data"][0]
+
+    @property
+    def name(self) -> str:
+        return self._shm.name
+
+    # -- pickling, for workers started with "spawn": attach by name -------------------
+    def __getstate__(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_shm", "_master", "_free")}
+        state["name"] = self._shm.name
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        name = state.pop("name")
+        self.__dict__.update(state)
+        self._shm = shared_memory.SharedMemory(name=name)
+        if sys.version_info < (3, 13):
+            # Attaching registers the segment with the resource tracker as if this
+            # process owned it (bpo-39959); only the creator may unlink it.
+            resource_tracker.unregister(self._shm._name, "shared_memory")  # type: ignore[attr-defined]
+        self._map()
+        self._free = collections.deque()
+
+    # -- main process: the pool --------------------------------------------------------
+    def acquire(self) -> int | None:
+        """A free slot number, or None when every buffer set is in use."""
+        try:
+            return self._free.popleft()
+        except IndexError:
+            return None
+
+    def release(self, slot: int) -> None:
+        """Return a slot whose result will never be unpacked (discarded or failed)."""
+        self._free.append(slot)
+
+    def lease(self, slot: int) -> _Lease:
+        """A lease that returns ``slot`` to the pool when it is garbage-collected."""
+        lease = _Lease()
+        weakref.finalize(lease, self._free.append, slot)
+        return lease
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    # -- worker: the buffers of one slot -----------------------------------------------
+    def buffers(self, slot: int) -> dict[str, np.ndarray]:
+        """Arrays of buffer set ``slot``, one per spec, each ``(batch_size,) + shape``."""
+        start = slot * self.set_size
+        out = {}
+        for key, (shape, dtype, _) in self.buffer_specs.items():
+            out[key] = np.ndarray(
+                (self.batch_size,) + shape, dtype, buffer=self._master, offset=start + self._layout[key]
+            )
+        return out
+
+    def _default(self, obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            addr = obj.__array_interface__["data"][0]
+            if self._base <= addr < self._base + self.nbytes:
+                ref = [addr - self._base, obj.dtype.str, obj.shape, obj.strides]
+                return msgpack.ExtType(EXT_SHARED, msgpack.packb(ref))
+        return _default(obj)
+
+    def pack(self, obj: Any) -> bytes:
+        """Pack an object using msgpack. Shared arrays are replaced by references."""
+        return msgpack.packb(obj, default=self._default, use_bin_type=True)
+
+    def unpack(self, data: Any, lease: _Lease | None = None) -> Any:
+        """Unpack a message; shared references become views that hold ``lease``."""
+
+        def ext_hook(code: int, payload: bytes) -> Any:
+            if code != EXT_SHARED:
+                return _ext_hook(code, payload)
+            offset, dtype, shape, strides = msgpack.unpackb(payload)
+            owner = np.ndarray(shape, dtype, buffer=self._master, offset=offset, strides=strides)
+            return np.asarray(_SharedView(owner, lease))
+
+        return msgpack.unpackb(data, raw=False, ext_hook=ext_hook, strict_map_key=False)
+
+    def close(self) -> None:
+        """Remove the segment. Views still held keep their memory until they are gone."""
+        shm = self.__dict__.pop("_shm", None)
+        if shm is None:
+            return
+        self.__dict__.pop("_master", None)
+        if os.getpid() == self._owner:
+            try:
+                shm.unlink()
+            except FileNotFoundError:
+                pass
+        try:
+            shm.close()
+        except BufferError:
+            # Arrays still point into the mapping: they keep it alive, and it is unmapped
+            # when the last is freed. Only the file descriptor is ours to close now.
+            shm._mmap = None  # type: ignore[attr-defined]
+            if shm._fd >= 0:  # type: ignore[attr-defined]
+                os.close(shm._fd)  # type: ignore[attr-defined]
+                shm._fd = -1  # type: ignore[attr-defined]
+
+    def __del__(self) -> None:
+        if getattr(self, "_owner", None) == os.getpid():
+            self.close()

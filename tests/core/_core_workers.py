@@ -1,0 +1,59 @@
+"""Workers used by the core tests (importable, so spawned processes find them)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+
+from crumpets.core import BufferWorker
+
+
+class IndexWorker(BufferWorker):
+    """Writes each sample's 'i' and a draw from its own RNG; records the worker pid."""
+
+    def __init__(self, shape=(1,), **kwargs):
+        super().__init__(**kwargs)
+        self.add_buffer("index", ((1,), np.int64, -1))
+        self.add_buffer("noise", ((1,), np.float64))
+        self.add_buffer("pad", (shape, np.uint8, 7))
+
+    def prepare(self, sample, batch, buffers):
+        buffers["index"][0] = sample["i"]
+        buffers["noise"][0] = self.rng.random()
+        batch["pid"].append(os.getpid())
+        batch["sample_index"].append(self.sample_index)
+
+
+class FailingWorker(IndexWorker):
+    """Raises ValueError on sample index ``fail_at``."""
+
+    def __init__(self, fail_at, **kwargs):
+        super().__init__(**kwargs)
+        self.fail_at = fail_at
+
+    def prepare(self, sample, batch, buffers):
+        if sample["i"] == self.fail_at:
+            raise ValueError(f"cannot handle value {sample['i']}")
+        super().prepare(sample, batch, buffers)
+
+
+class SlowWorker(IndexWorker):
+    def prepare(self, sample, batch, buffers):
+        time.sleep(0.01)
+        super().prepare(sample, batch, buffers)
+
+
+class SuicideWorker(IndexWorker):
+    """Kills its own process with SIGKILL on sample index ``die_at``."""
+
+    def __init__(self, die_at, **kwargs):
+        super().__init__(**kwargs)
+        self.die_at = die_at
+
+    def prepare(self, sample, batch, buffers):
+        if sample["i"] == self.die_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().prepare(sample, batch, buffers)

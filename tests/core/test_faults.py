@@ -1,0 +1,196 @@
+"""Faults and bad input: each is a clear exception within seconds, and nothing is left
+behind (the autouse fixture in conftest checks processes, /dev/shm and ipc sockets)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from _core_workers import FailingWorker, IndexWorker, SlowWorker, SuicideWorker
+from _leaks import children, resources
+
+from crumpets.core import TurboDataLoader, Worker, pack
+from crumpets.core.shm import SharedBufferManager
+
+SAMPLES = [pack({"i": i}) for i in range(100)]
+
+
+def test_worker_exception_is_raised_with_sample_index_and_traceback():
+    loader = TurboDataLoader(SAMPLES, 10, FailingWorker(fail_at=37), 2)
+    with loader, pytest.raises(ValueError) as info:
+        for _ in loader:
+            pass
+    text = str(info.value)
+    assert "cannot handle value 37" in text
+    assert "on sample 37 (epoch 0)" in text
+    assert "in prepare" in text  # the worker's own traceback
+    assert info.value.sample_index == 37
+
+
+@pytest.mark.parametrize("how", ["from outside", "inside prepare"])
+def test_killed_worker_is_reported_within_seconds(how):
+    template = SlowWorker() if how == "from outside" else SuicideWorker(die_at=55)
+    loader = TurboDataLoader(SAMPLES, 10, template, 2)
+    with loader:
+        with pytest.raises(RuntimeError, match="killed by SIGKILL") as info:
+            for iteration, _ in loader:
+                if iteration == 1 and how == "from outside":
+                    os.kill(min(children()), signal.SIGKILL)
+                    killed = time.monotonic()
+                elif iteration == 0:
+                    killed = time.monotonic()
+        assert time.monotonic() - killed < 5
+    assert "crumpets worker" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"batch_size": 2.5}, TypeError, "batch_size"),
+        ({"nworkers": 0}, ValueError, "nworkers"),
+        ({"num_mini_batches": 3}, ValueError, "num_mini_batches"),
+        ({"worker_template": object()}, TypeError, "worker_template"),
+        ({"shared_memory": -1}, ValueError, "shared_memory"),
+        ({"length": 101}, ValueError, "length"),
+        ({"seed": -1}, ValueError, "seed"),
+        ({"rank": 2, "world_size": 2}, ValueError, "rank"),
+        ({"iterable": 5}, TypeError, "iterable"),
+        ({"iterable": iter(SAMPLES), "shuffle": True, "length": 10}, ValueError, "shuffle"),
+        ({"iterable": iter(SAMPLES)}, ValueError, "length"),
+        ({"drop_last": True, "length": 3}, ValueError, "length"),
+    ],
+)
+def test_wrong_arguments_name_the_argument(kwargs, error, name):
+    args = {"iterable": SAMPLES, "batch_size": 4, "worker_template": IndexWorker(), "nworkers": 1}
+    args.update(kwargs)
+    with pytest.raises(error, match=name):
+        TurboDataLoader(**args)
+
+
+def test_bad_buffer_spec_names_the_buffer():
+    with pytest.raises(ValueError, match="'image'"):
+        IndexWorker().add_buffer("image", ((3, 0), np.uint8))
+    with pytest.raises(ValueError, match="one value per channel"):
+        IndexWorker().add_buffer("image", ((3, 4), np.uint8, (1, 2)))
+
+
+@pytest.mark.parametrize(
+    ("item", "error", "text"),
+    [
+        ({"i": 3}, TypeError, "iterable item 3 is a dict, not msgpack bytes"),
+        (b"\xc1", ValueError, "sample 3 is not a valid msgpack message"),
+        (pack(17), TypeError, "sample 3 is a int, not a dict"),
+        (pack({"j": 3}), KeyError, "on sample 3"),
+    ],
+)
+def test_bad_items_name_the_sample(item, error, text):
+    data = list(SAMPLES[:10])
+    data[3] = item
+    with TurboDataLoader(data, 4, IndexWorker(), 2) as loader, pytest.raises(error, match=text):
+        for _ in loader:
+            pass
+
+
+def test_iterable_that_raises_propagates():
+    class Broken:
+        def __len__(self):
+            return 20
+
+        def __getitem__(self, i):
+            if i == 13:
+                raise OSError("disk on fire")
+            return SAMPLES[i]
+
+    with TurboDataLoader(Broken(), 4, IndexWorker(), 2) as loader:
+        with pytest.raises(OSError, match="disk on fire"):
+            for _ in loader:
+                pass
+
+
+def test_exception_in_loop_body_and_keyboard_interrupt_stop_cleanly():
+    for exc in (ZeroDivisionError, KeyboardInterrupt):
+        with pytest.raises(exc):
+            with TurboDataLoader(SAMPLES, 10, IndexWorker(), 2) as loader:
+                for iteration, _ in loader:
+                    if iteration == 2:
+                        raise exc()
+
+
+def test_real_sigint_mid_iteration():
+    with pytest.raises(KeyboardInterrupt):
+        with TurboDataLoader(SAMPLES, 10, SlowWorker(), 2) as loader:
+            for iteration, _ in loader:
+                if iteration == 1:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(5)  # interrupted long before
+
+
+def test_not_started_loader_says_how_to_start():
+    loader = TurboDataLoader(SAMPLES, 10, IndexWorker(), 1)
+    with pytest.raises(RuntimeError, match="with loader"):
+        iter(loader)
+
+
+def test_worker_that_is_not_a_buffer_worker_runs():
+    class Echo(Worker):
+        def process(self, request):
+            return {"n": len(request.items), "indices": request.indices}
+
+    with TurboDataLoader(SAMPLES, 30, Echo(), 2) as loader:
+        got = [(mb["n"], mb["indices"][0]) for _, (mb,) in loader]
+    assert got == [(30, 0), (30, 30), (30, 60), (10, 90)]
+
+
+def test_too_little_shm_is_detected_before_allocating():
+    with pytest.raises(OSError, match=r"needs [\d,]+ bytes .*--shm-size") as info:
+        SharedBufferManager(4, 10**6, {"x": ((10**6,), np.float64)})
+    assert info.value.errno == 28
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    sys.path.insert(0, {tests!r})
+    from _core_workers import SlowWorker
+    from crumpets.core import TurboDataLoader, pack
+
+    loader = TurboDataLoader([pack({{"i": i}}) for i in range(1000)], 10, SlowWorker(), 2)
+    with loader:
+        for iteration, _ in loader:
+            if iteration == 2:
+                print("ready", flush=True)
+                sys.stdin.readline()
+                os.kill(os.getpid(), signal.{signal})
+                time.sleep(30)
+    """
+)
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGKILL", -9)])
+def test_main_process_terminated_leaves_nothing(sig, code):
+    script = SCRIPT.format(tests=os.path.dirname(__file__), signal=sig)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert proc.stdout.readline() == b"ready\n"
+    workers = children(proc.pid)
+    assert len(workers) == 2
+    assert resources(proc.pid) - {f"child:{w}" for w in workers}  # its shm and sockets
+    proc.stdin.write(b"go\n")
+    proc.stdin.close()
+    assert proc.wait(timeout=10) == code
+    # Orphaned workers notice within their 1 s poll; the resource tracker unlinks shm.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (
+        resources(proc.pid) or any(os.path.exists(f"/proc/{w}") for w in workers)
+    ):
+        time.sleep(0.05)
+    assert not resources(proc.pid)
+    assert not [w for w in workers if os.path.exists(f"/proc/{w}")]
