@@ -7,7 +7,6 @@ import os
 import time
 
 import pytest
-
 from _leaks import resources
 
 

@@ -35,8 +35,13 @@ def test_exactly_once_and_identical_across_worker_counts(shuffle, shared_memory)
     results = {}
     for nworkers in (1, 2, 4):
         loader = TurboDataLoader(
-            samples(), 10, IndexWorker(), nworkers,
-            shared_memory=shared_memory, shuffle=shuffle, seed=1234,
+            samples(),
+            10,
+            IndexWorker(),
+            nworkers,
+            shared_memory=shared_memory,
+            shuffle=shuffle,
+            seed=1234,
         )
         results[nworkers] = run_epochs(loader, 2)
         for epoch in results[nworkers]:
@@ -93,8 +98,15 @@ def test_ranks_get_disjoint_shards_of_equal_length(drop_last):
     per_rank = []
     for rank in range(world):
         loader = TurboDataLoader(
-            samples(), 8, IndexWorker(), 1,
-            shuffle=True, seed=9, rank=rank, world_size=world, drop_last=drop_last,
+            samples(),
+            8,
+            IndexWorker(),
+            1,
+            shuffle=True,
+            seed=9,
+            rank=rank,
+            world_size=world,
+            drop_last=drop_last,
         )
         epoch = run_epochs(loader, 1)[0]
         per_rank.append([i for indices, _ in epoch for i in indices])
@@ -140,7 +152,9 @@ def test_resume_mid_epoch_gives_the_rest_of_the_run(shuffle):
 
 def test_break_then_next_loop_starts_next_epoch_and_reenter():
     loader = TurboDataLoader(samples(), 10, IndexWorker(), 2, shuffle=True, seed=1)
-    reference = run_epochs(TurboDataLoader(samples(), 10, IndexWorker(), 2, shuffle=True, seed=1), 3)
+    reference = run_epochs(
+        TurboDataLoader(samples(), 10, IndexWorker(), 2, shuffle=True, seed=1), 3
+    )
     with loader:
         for _ in loader:
             break

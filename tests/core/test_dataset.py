@@ -257,12 +257,17 @@ def test_sample_needs_a_str_key(tmp_path):
             writer.write({"key": 3})
 
 
-def test_numpy_scalars_are_written_as_python_values(tmp_path):
+def test_numpy_values_round_trip(tmp_path):
+    pixels = np.arange(12, dtype=np.uint8).reshape(3, 4)
     with Writer(tmp_path / "ds") as writer:
         writer.write({"key": "a", "label": np.int64(3), "weight": np.float32(0.5)})
-        with pytest.raises(TypeError, match="bytes"):
-            writer.write({"key": "b", "pixels": np.zeros(3)})
-    assert Reader(tmp_path / "ds").get(0) == {"key": "a", "label": 3, "weight": 0.5}
+        writer.write({"key": "b", "pixels": pixels})
+        with pytest.raises(TypeError, match="set"):
+            writer.write({"key": "c", "tags": {1, 2}})
+    reader = Reader(tmp_path / "ds")
+    assert reader.get(0) == {"key": "a", "label": 3, "weight": 0.5}
+    np.testing.assert_array_equal(reader.get(1)["pixels"], pixels)
+    assert len(reader) == 2  # the rejected sample was not written
 
 
 def test_write_returns_index_and_len_counts(tmp_path):

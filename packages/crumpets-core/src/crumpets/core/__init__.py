@@ -4,13 +4,16 @@ dataset files, logging, timing and the ``crumpets`` command."""
 from ._version import __version__
 from .broker import BufferWorker, Worker, WorkerError
 from .dataloader import TurboDataLoader
+from .dataset import Reader, Writer
 from .shm import pack, unpack
 
 __all__ = [
     "BufferWorker",
+    "Reader",
     "TurboDataLoader",
     "Worker",
     "WorkerError",
+    "Writer",
     "__version__",
     "pack",
     "unpack",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import multiprocessing as mp
 import os
 import pickle
 import signal
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import multiprocessing as mp
 import numpy as np
 import zmq
 
@@ -126,7 +126,7 @@ class Worker(ABC):
         """Serialize a result for the trip to the main process."""
         return pack(obj)
 
-    def init(self) -> None:
+    def init(self) -> None:  # noqa: B027 - an optional hook, empty by design
         """Called once in the worker process before the first request; override to set
         up per-process state (thread pools, file handles)."""
 
@@ -333,7 +333,9 @@ class Dispatcher:
             worker.set_addresses(self.work_address, self.result_address)
             if self.gpu_augmentation is not None:
                 worker.set_gpu_augmentation(self.gpu_augmentation)
-            proc = context.Process(target=worker.run, name=f"crumpets-worker-{i}", daemon=self.daemon)
+            proc = context.Process(
+                target=worker.run, name=f"crumpets-worker-{i}", daemon=self.daemon
+            )
             proc.start()
             self.processes.append(proc)
 
@@ -520,7 +522,9 @@ class Pipeline:
     def can_submit(self) -> bool:
         if len(self.in_flight) >= self.max_in_flight:
             return False
-        return not isinstance(self.buffer_manager, SharedBufferManager) or self.buffer_manager.free > 0
+        return (
+            not isinstance(self.buffer_manager, SharedBufferManager) or self.buffer_manager.free > 0
+        )
 
     def submit(self, seq: int, seed: int, epoch: int, indices: list[int], items: list) -> None:
         """Send one request; call only when :meth:`can_submit` is True."""
@@ -601,4 +605,3 @@ class Pipeline:
             self._context = None
         self.in_flight.clear()
         self._done.clear()
-

@@ -166,9 +166,9 @@ def _describe(value: Any) -> tuple[str, str]:
     kind = type(value).__name__
     if isinstance(value, (bytes, bytearray)):
         return kind, f"{len(value)} bytes"
-    if isinstance(value, (list, tuple, dict, str)) and len(value) > 8:
-        if isinstance(value, str):
-            return kind, f"{value[:40]!r}... ({len(value)} chars)"
+    if isinstance(value, str) and len(value) > 60:
+        return kind, f"{value[:40]!r}... ({len(value)} chars)"
+    if isinstance(value, (list, tuple, dict)) and len(value) > 8:
         return kind, f"{len(value)} items"
     text = repr(value)
     return kind, text if len(text) <= 60 else text[:57] + "..."

@@ -26,6 +26,8 @@ from typing import Any, BinaryIO
 import msgpack
 import numpy as np
 
+from .shm import pack, unpack
+
 __all__ = ["Reader", "Writer"]
 
 SUFFIX = ".msgpack"
@@ -38,16 +40,6 @@ def data_path(path: str | os.PathLike[str]) -> str:
     """Return the data file's path: ``path`` itself if it ends in .msgpack, else path + .msgpack."""
     path = os.fspath(path)
     return path if path.endswith(SUFFIX) else path + SUFFIX
-
-
-def _pack_default(obj: Any) -> Any:
-    # numpy scalars (a label from np.argmax, a size from arr.shape) are common in samples.
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(
-        f"cannot pack {type(obj).__name__} into a dataset record: "
-        "store arrays as bytes (e.g. an encoded image, or arr.tobytes() with shape and dtype)"
-    )
 
 
 def _discard(files: list[BinaryIO], paths: list[str]) -> None:
@@ -116,7 +108,7 @@ class Writer:
 
         Args:
             sample: a mapping with a unique ``"key"`` string and the sample's fields;
-                values must be msgpack-able (numpy scalars are converted).
+                values must be msgpack-able; numpy arrays and scalars are supported.
 
         Returns:
             The index of the new record.
@@ -138,7 +130,7 @@ class Writer:
             raise TypeError(f"sample key must be a str, got {type(key).__name__}: {key!r}")
         if key in self._keys:
             raise ValueError(f"duplicate key {key!r} in {self.path}")
-        data = msgpack.packb(dict(sample), use_bin_type=True, default=_pack_default)
+        data = pack(dict(sample))
         self._file.write(data)
         self._offsets.append(self._offsets[-1] + len(data))
         self._keys[key] = None
@@ -309,7 +301,7 @@ class Reader:
 
     def get(self, index: int) -> dict[str, Any]:
         """Return record ``index`` unpacked into a dict."""
-        return msgpack.unpackb(self[index], raw=False, strict_map_key=False)
+        return unpack(self[index])
 
     @property
     def keys(self) -> list[str]:

@@ -40,7 +40,8 @@ def _align(n: int) -> int:
 def _pack_array(arr: np.ndarray) -> msgpack.ExtType:
     if arr.dtype.hasobject:
         raise TypeError(f"cannot pack an array of dtype {arr.dtype}; use a numeric dtype")
-    arr = np.ascontiguousarray(arr)
+    if not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")  # not ascontiguousarray: it turns 0-d arrays into 1-d
     raw = memoryview(arr.reshape(-1).view(np.uint8))
     return msgpack.ExtType(EXT_NDARRAY, msgpack.packb([arr.dtype.str, arr.shape, raw]))
 
@@ -291,7 +292,10 @@ class SharedBufferManager(_BufferManagerBase):
         out = {}
         for key, (shape, dtype, _) in self.buffer_specs.items():
             out[key] = np.ndarray(
-                (self.batch_size,) + shape, dtype, buffer=self._master, offset=start + self._layout[key]
+                (self.batch_size,) + shape,
+                dtype,
+                buffer=self._master,
+                offset=start + self._layout[key],
             )
         return out
 

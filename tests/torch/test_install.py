@@ -1,0 +1,25 @@
+"""crumpets-torch installs beside crumpets-core into the one `crumpets` namespace."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import crumpets
+import crumpets.core
+import crumpets.torch
+
+
+def test_distribution_version_matches_the_package():
+    assert metadata.version("crumpets-torch") == crumpets.torch.__version__
+
+
+def test_shares_the_namespace_with_core():
+    assert getattr(crumpets, "__file__", None) is None  # PEP 420: no crumpets/__init__.py
+    paths = {p.rsplit("crumpets", 1)[0] for p in crumpets.__path__}
+    assert len(paths) >= 2  # one src/ per installed distribution
+
+
+def test_torch_is_the_pinned_cpu_build():
+    import torch
+
+    assert torch.__version__.split("+")[0] == "2.13.0"
