@@ -60,8 +60,15 @@ def main() -> None:
     parser.add_argument("--nworkers", type=int, default=2)
     args = parser.parse_args()
 
-    out = args.out or tempfile.mkdtemp(prefix="crumpets-demo-")
-    os.makedirs(out, exist_ok=True)
+    if args.out is None:  # nothing is left behind unless asked for
+        with tempfile.TemporaryDirectory(prefix="crumpets-demo-") as out:
+            run(out, args)
+    else:
+        os.makedirs(args.out, exist_ok=True)
+        run(args.out, args)
+
+
+def run(out: str, args: argparse.Namespace) -> None:
     path = os.path.join(out, "digits.msgpack")
     n = pack_digits(path)
     print(f"packed {n} handwritten digits into {path}")
