@@ -57,3 +57,16 @@ class SuicideWorker(IndexWorker):
         if sample["i"] == self.die_at:
             os.kill(os.getpid(), signal.SIGKILL)
         super().prepare(sample, batch, buffers)
+
+
+class StuckWorker(IndexWorker):
+    """Never finishes sample index ``stuck_at``."""
+
+    def __init__(self, stuck_at, **kwargs):
+        super().__init__(**kwargs)
+        self.stuck_at = stuck_at
+
+    def prepare(self, sample, batch, buffers):
+        if sample["i"] == self.stuck_at:
+            time.sleep(3600)
+        super().prepare(sample, batch, buffers)

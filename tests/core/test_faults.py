@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from _core_workers import FailingWorker, IndexWorker, SlowWorker, SuicideWorker
+from _core_workers import FailingWorker, IndexWorker, SlowWorker, StuckWorker, SuicideWorker
 from _leaks import children, resources
 
 from crumpets.core import TurboDataLoader, Worker, pack
@@ -194,3 +194,11 @@ def test_main_process_terminated_leaves_nothing(sig, code):
         time.sleep(0.05)
     assert not resources(proc.pid)
     assert not [w for w in workers if os.path.exists(f"/proc/{w}")]
+
+
+def test_stalled_worker_is_reported_with_its_stack(capfd):
+    loader = TurboDataLoader(SAMPLES, 10, StuckWorker(stuck_at=42), 2, stall_timeout=1.5)
+    with loader, pytest.raises(TimeoutError, match="no batch from the workers for 1.5 s"):
+        for _ in loader:
+            pass
+    assert "in prepare" in capfd.readouterr().err  # faulthandler's dump of the stuck worker

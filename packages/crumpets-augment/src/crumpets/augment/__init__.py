@@ -1,5 +1,21 @@
-"""crumpets-augment: image decoding, CPU augmentation kernels, RNGs, presets and workers."""
+"""crumpets-augment: image decoding, CPU augmentation kernels, RNGs, presets and workers.
+
+Works with numpy and OpenCV alone; torch is never imported.
+"""
 
 from ._version import __version__
+from .augmentation import randomize_image
+from .rng import RNG, MixtureRNG, NoRNG
+from .workers import ClassificationWorker, FCNWorker, ImageWorker, SegmentationWorker
 
-__all__ = ["__version__"]
+__all__ = [
+    "RNG",
+    "ClassificationWorker",
+    "FCNWorker",
+    "ImageWorker",
+    "MixtureRNG",
+    "NoRNG",
+    "SegmentationWorker",
+    "__version__",
+    "randomize_image",
+]

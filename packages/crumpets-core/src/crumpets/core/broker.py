@@ -14,17 +14,22 @@ pipeline hands results out in sequence order whatever order workers finish in.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import faulthandler
 import gc
+import math
 import multiprocessing as mp
 import os
 import pickle
 import signal
 import sys
+import time
 import traceback
 import uuid
 from abc import ABC, abstractmethod
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +65,14 @@ START_METHOD = "fork" if sys.platform == "linux" else "spawn"
 
 class WorkerError(RuntimeError):
     """A worker failed and the original exception type could not be rebuilt here."""
+
+
+class WorkerKeyError(KeyError):
+    """A KeyError raised in a worker; shows its message as text (KeyError shows a repr,
+    which would mangle the worker's traceback)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass
@@ -126,6 +139,15 @@ class Worker(ABC):
         """Serialize a result for the trip to the main process."""
         return pack(obj)
 
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Context the parent process holds while it starts the worker processes.
+
+        Override to make a library safe to fork: e.g. OpenCV's thread pool hangs a
+        forked child that touches it, unless the parent has one thread while forking.
+        """
+        yield
+
     def init(self) -> None:  # noqa: B027 - an optional hook, empty by design
         """Called once in the worker process before the first request; override to set
         up per-process state (thread pools, file handles)."""
@@ -136,6 +158,8 @@ class Worker(ABC):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         setprocname(f"crumpets-w{self.worker_id}")
+        # The main process sends SIGUSR1 to a worker that stalls: its stack goes to stderr.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         parent = os.getppid()
         ctx = zmq.Context()
         work = ctx.socket(zmq.PULL)
@@ -175,7 +199,7 @@ class Worker(ABC):
         return {
             "type": exc_type,
             "name": type(exc).__name__,
-            "message": str(exc),
+            "message": exc.args[0] if len(exc.args) == 1 else str(exc),
             "traceback": traceback.format_exc(),
             "index": getattr(self, "sample_index", None),
             "epoch": getattr(self, "epoch", None),
@@ -273,7 +297,7 @@ def _rebuild_error(info: dict) -> BaseException:
     )
     try:
         exc_type = pickle.loads(info["type"])
-        exc = exc_type(text)
+        exc = (WorkerKeyError if exc_type is KeyError else exc_type)(text)
         if not isinstance(exc, Exception):
             raise TypeError
     except Exception:
@@ -327,17 +351,25 @@ class Dispatcher:
 
     def start(self) -> None:
         context = mp.get_context(START_METHOD)
-        for i in range(self.nworkers):
-            worker = copy.copy(self.worker_template)
-            worker.worker_id = i
-            worker.set_addresses(self.work_address, self.result_address)
-            if self.gpu_augmentation is not None:
-                worker.set_gpu_augmentation(self.gpu_augmentation)
-            proc = context.Process(
-                target=worker.run, name=f"crumpets-worker-{i}", daemon=self.daemon
-            )
-            proc.start()
-            self.processes.append(proc)
+        with self.worker_template.starting():
+            for i in range(self.nworkers):
+                worker = copy.copy(self.worker_template)
+                worker.worker_id = i
+                worker.set_addresses(self.work_address, self.result_address)
+                if self.gpu_augmentation is not None:
+                    worker.set_gpu_augmentation(self.gpu_augmentation)
+                proc = context.Process(
+                    target=worker.run, name=f"crumpets-worker-{i}", daemon=self.daemon
+                )
+                proc.start()
+                self.processes.append(proc)
+
+    def dump_stacks(self) -> None:
+        """Have every live worker write its Python stack to stderr (faulthandler)."""
+        for proc in self.processes:
+            if proc.exitcode is None:
+                os.kill(proc.pid, signal.SIGUSR1)
+                time.sleep(0.2)  # one at a time, so the dumps do not interleave
 
     @property
     def sentinels(self) -> list[int]:
@@ -438,6 +470,9 @@ class Pipeline:
         buffer_manager: SharedBufferManager or DummyBufferManager.
         max_in_flight: most requests outstanding at once.
         gpu_augmentation: passed to the workers; None keeps the template's.
+        stall_timeout: seconds without any message from the workers, while waiting for
+            one, after which their stacks are dumped to stderr and TimeoutError is
+            raised; None waits forever.
         poll_interval: seconds between liveness checks while waiting.
     """
 
@@ -448,6 +483,7 @@ class Pipeline:
         buffer_manager: Any,
         max_in_flight: int,
         gpu_augmentation: bool | None = None,
+        stall_timeout: float | None = 300.0,
         poll_interval: float = 1.0,
     ):
         self.worker_template = worker_template
@@ -455,6 +491,7 @@ class Pipeline:
         self.buffer_manager = buffer_manager
         self.max_in_flight = max_in_flight
         self.gpu_augmentation = gpu_augmentation
+        self.stall_timeout = stall_timeout
         self.poll_interval = poll_interval
         self.min_seq = 0
         self.in_flight: dict[int, int | None] = {}  # seq -> slot
@@ -507,9 +544,20 @@ class Pipeline:
         for fd in self.dispatcher.sentinels:
             self._poller.register(fd, zmq.POLLIN)
         while ready < self.nworkers:
-            if self._poll(self.poll_interval):
-                header, _ = self.consumer.retrieve()
-                ready += "ready" in header
+            self._wait_message("start-up message")
+            header, _ = self.consumer.retrieve()
+            ready += "ready" in header
+
+    def _wait_message(self, what: str) -> None:
+        """Block until a message waits; raise if a worker dies or all stall."""
+        start = time.monotonic()
+        while not self._poll(min(self.poll_interval, self.stall_timeout or math.inf)):
+            if self.stall_timeout is not None and time.monotonic() - start > self.stall_timeout:
+                self.dispatcher.dump_stacks()
+                raise TimeoutError(
+                    f"no {what} from the workers for {self.stall_timeout:g} s; their Python "
+                    "stacks are on stderr. Pass a larger stall_timeout if that is expected."
+                )
 
     def _poll(self, timeout: float) -> bool:
         """Wait for a result; raise if a worker died. True if a message is waiting."""
@@ -569,8 +617,7 @@ class Pipeline:
 
     def wait_any(self) -> None:
         """Block until one message arrived and was handled."""
-        while not self._poll(self.poll_interval):
-            pass
+        self._wait_message("batch")
         self._receive()
 
     def result(self, seq: int) -> Any:

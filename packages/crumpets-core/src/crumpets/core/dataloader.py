@@ -101,6 +101,8 @@ class TurboDataLoader:
         world_size: number of shards; default ``$WORLD_SIZE`` under torchrun, else 1.
             Every rank gets the same number of batches: without drop_last, the shards
             are padded by repeating samples from the start of the epoch's order.
+        stall_timeout: seconds the loader waits for workers that send nothing before it
+            dumps their Python stacks to stderr and raises TimeoutError; None waits forever.
 
     Raises:
         TypeError, ValueError: for invalid arguments, naming the argument.
@@ -122,6 +124,7 @@ class TurboDataLoader:
         drop_last: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
+        stall_timeout: float | None = 300.0,
     ):
         self.batch_size = _positive_int("batch_size", batch_size)
         self.nworkers = _positive_int("nworkers", nworkers)
@@ -163,6 +166,9 @@ class TurboDataLoader:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
         self.seed = int(seed)
+        if stall_timeout is not None and not stall_timeout > 0:
+            raise ValueError(f"stall_timeout must be > 0 or None, got {stall_timeout!r}")
+        self.stall_timeout = stall_timeout
 
         self._iteration = int(start_iteration)
         self._cursor = 0  # stream index of the next batch to yield
@@ -288,7 +294,13 @@ class TurboDataLoader:
             and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
         ):
             handler = signal.signal(signal.SIGTERM, _raise_exit)
-        pipeline = Pipeline(self.worker_template, self.nworkers, manager, max_in_flight)
+        pipeline = Pipeline(
+            self.worker_template,
+            self.nworkers,
+            manager,
+            max_in_flight,
+            stall_timeout=self.stall_timeout,
+        )
         # Runs on stop(), on garbage collection or at interpreter exit, whichever is first.
         self._finalizer = weakref.finalize(self, _shutdown, pipeline, manager, handler)
         pipeline.start()

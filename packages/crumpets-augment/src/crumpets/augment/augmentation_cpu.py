@@ -1,0 +1,334 @@
+"""Pure CPU pixel kernels: gamma/color/contrast lookup tables, sensor noise and Gaussian blur.
+
+Every kernel is a function of (image, parameters): none of them touches a random generator
+except :func:`add_noise_rgb` and :func:`add_noise_other`, which build their own from the
+explicit ``seed`` argument, so any sample can be replayed from its parameter dict.
+
+Images are ``uint8``, either HxWx3 (RGB or BGR; green is channel 1 in both orders) or gray,
+HxW or HxWx1. Every kernel accepts ``out``: an array of the same shape and dtype to write
+into (it may be the input itself); the result is returned.
+
+The GPU twins in ``crumpets.torch.augmentation_cuda`` reproduce the formulas below, so they
+are stated exactly here.
+
+Gamma, color and contrast (:func:`gamma_lut`, :func:`add_gamma`), for channel ``c`` and input
+grey level ``i`` in 0..255::
+
+    x = i / 255
+    g = (gamma_gray or 1) * (gamma_color[c] if color and gamma_color is not None else 1)
+    y = x ** g
+    if contrast k > 0:  y = y + k * (s(y) - y),  s(y) = 0.5 - 0.5 * cos(pi * y)
+    if contrast k < 0:  y = 0.5 + (y - 0.5) * (1 + k)
+    lut[i, c] = 255 * y                                   (float64, what gamma_lut returns)
+    table[i, c] = uint8(clip(rint(255 * y), 0, 255))      (rint: round half to even)
+
+Positive contrast blends toward an S-curve that is steepest at mid grey; negative contrast
+flattens linearly toward mid grey. The asymmetry is deliberate (it looks better than one
+formula for both signs). ``contrast`` None or 0 is the identity.
+
+Noise (:func:`add_noise_rgb`, :func:`add_noise_other`)::
+
+    sigma = strength * 64                    (grey levels)
+    z = np.random.default_rng(seed).standard_normal(im.shape, dtype=np.float32)
+    result = uint8(clip(rint(im + z * sigma_c), 0, 255))
+
+``sigma_c`` is ``sigma`` for every channel, except that :func:`add_noise_rgb` uses
+``sigma / sqrt(2)`` for green (channel 1) of a 3-channel image: a Bayer sensor has twice as
+many green pixels, so green is less noisy. A GPU twin cannot reproduce numpy's generator, so
+noise matches between CPU and GPU in distribution only.
+
+Blur (:func:`add_blur`): ``cv2.GaussianBlur(im, (0, 0), sigma, sigma)`` with the default
+border, ``BORDER_REFLECT_101``. For uint8 images OpenCV derives the kernel size
+``ksize = int(rint(6 * sigma + 1)) | 1`` (``cvRound(sigma * 3 * 2 + 1) | 1``) and uses the
+taps ``exp(-(j - (ksize - 1) / 2) ** 2 / (2 * sigma ** 2))`` for j in 0..ksize-1, normalised
+to sum 1, applied separably along rows and columns (in fixed point for uint8, so results
+differ from a float computation by at most about one grey level).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
+
+__all__ = ["add_blur", "add_gamma", "add_noise_other", "add_noise_rgb", "gamma_lut"]
+
+# Fixed size (256 values), computed once; not a cache that can grow.
+_X = np.arange(256, dtype=np.float64) / 255.0
+_NOISE_SCALE = 64.0  # grey levels of noise sigma per unit of strength
+
+
+def _channels(im: np.ndarray) -> int:
+    """Return the number of channels of a kernel input; check its dtype and shape."""
+    if not isinstance(im, np.ndarray) or im.dtype != np.uint8:
+        dtype = getattr(im, "dtype", type(im).__name__)
+        raise TypeError(f"image must be a uint8 numpy array, got {dtype}")
+    if im.ndim == 2:
+        return 1
+    if im.ndim == 3 and im.shape[2] in (1, 3):
+        return im.shape[2]
+    raise ValueError(f"image must be HxW, HxWx1 or HxWx3, got shape {im.shape}")
+
+
+def _check_out(im: np.ndarray, out: np.ndarray | None) -> None:
+    if out is None:
+        return
+    if not isinstance(out, np.ndarray) or out.shape != im.shape or out.dtype != im.dtype:
+        shape = getattr(out, "shape", None)
+        dtype = getattr(out, "dtype", type(out).__name__)
+        raise ValueError(
+            f"out must be a {im.dtype} array of shape {im.shape}, got {dtype} of shape {shape}"
+        )
+
+
+def _unchanged(im: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """Return ``im`` itself, or copied into ``out`` when one is given."""
+    if out is None:
+        return im
+    if out is not im:
+        np.copyto(out, im)
+    return out
+
+
+def _cv_apply(
+    fn: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
+    im: np.ndarray,
+    out: np.ndarray | None,
+) -> np.ndarray:
+    """Run an OpenCV function ``fn(src, dst)``, writing into ``out`` where possible.
+
+    OpenCV drops a trailing channel axis of 1 and cannot write into non-contiguous arrays
+    (e.g. a transposed CHW slot), so those cases get a temporary copy.
+    """
+    src = np.ascontiguousarray(im)
+    if src.ndim == 3 and src.shape[2] == 1:
+        src = src.reshape(src.shape[:2])
+    if out is None:
+        return fn(src, None).reshape(im.shape)
+    dst = out.reshape(src.shape) if out.flags.c_contiguous else None
+    result = fn(src, dst)
+    if dst is None or not np.shares_memory(result, out):
+        np.copyto(out, result.reshape(out.shape))
+    return out
+
+
+def _check_gamma(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def gamma_lut(
+    color: bool,
+    gamma_gray: float | None,
+    gamma_color: Sequence[float] | None,
+    contrast: float | None,
+    channels: int,
+) -> np.ndarray:
+    """Build the gamma, color and contrast lookup table before rounding.
+
+    See the module docstring for the exact formula.
+
+    Args:
+        color: whether ``gamma_color`` is used.
+        gamma_gray: gamma applied to every channel; None means 1.
+        gamma_color: one gamma per channel, multiplied with ``gamma_gray``; None means 1.
+        contrast: contrast change in [-1, 1]; None or 0 means none.
+        channels: number of channels of the table (1 for gray, 3 for color images).
+
+    Returns:
+        float64 array of shape (256, channels): ``255 * y`` for each input level and channel.
+
+    Raises:
+        ValueError: if a gamma is not a finite number > 0, ``contrast`` is outside [-1, 1], or
+            ``gamma_color`` is used and does not have ``channels`` entries.
+    """
+    gamma = np.ones(channels, dtype=np.float64)
+    if gamma_gray is not None:
+        gamma *= _check_gamma("gamma_gray", gamma_gray)
+    if color and gamma_color is not None:
+        if len(gamma_color) != channels:
+            raise ValueError(
+                f"gamma_color must have one value per channel ({channels}), got {len(gamma_color)}"
+            )
+        gamma *= [_check_gamma("gamma_color", g) for g in gamma_color]
+    y = _X[:, None] ** gamma[None, :]
+    if contrast is not None:
+        k = float(contrast)
+        if not -1.0 <= k <= 1.0:  # also rejects NaN
+            raise ValueError(f"contrast must be in [-1, 1], got {contrast}")
+        if k > 0:
+            y = y + k * ((0.5 - 0.5 * np.cos(np.pi * y)) - y)
+        elif k < 0:
+            y = 0.5 + (y - 0.5) * (1.0 + k)
+    return 255.0 * y
+
+
+def add_gamma(
+    im: np.ndarray,
+    color: bool,
+    gamma_gray: float | None,
+    gamma_color: Sequence[float] | None,
+    contrast: float | None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Apply gamma (brightness), per-channel gamma (color) and contrast in one LUT pass.
+
+    Args:
+        im: uint8 image, HxWx3 or gray (HxW, HxWx1).
+        color: whether ``gamma_color`` is used; pass False for gray images.
+        gamma_gray: gamma for all channels (< 1 brightens, > 1 darkens); None means 1.
+        gamma_color: three gammas, one per channel in the image's channel order; None means 1.
+        contrast: contrast change in [-1, 1]; None or 0 means none.
+        out: optional array of the same shape and dtype to write into; may be ``im``.
+
+    Returns:
+        The adjusted image (``out`` when given). When there is nothing to do, ``im`` itself,
+        or ``im`` copied into ``out``.
+
+    Raises:
+        TypeError: if ``im`` is not uint8.
+        ValueError: on an unsupported shape, a mismatched ``out`` or invalid parameters.
+    """
+    channels = _channels(im)
+    _check_out(im, out)
+    if gamma_gray is None and not contrast and (not color or gamma_color is None):
+        return _unchanged(im, out)
+    lut = gamma_lut(color, gamma_gray, gamma_color, contrast, channels)
+    table = np.clip(np.rint(lut), 0, 255).astype(np.uint8)
+    # cv2.LUT wants a 256-entry table with either 1 channel or as many as the image.
+    table = table.reshape(256) if channels == 1 else table.reshape(256, 1, channels)
+    return _cv_apply(lambda src, dst: cv2.LUT(src, table, dst=dst), im, out)
+
+
+def _check_strength(strength: float | None) -> float:
+    if strength is None:
+        return 0.0
+    value = float(strength)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"strength must be a finite number >= 0, got {strength}")
+    return value
+
+
+def _add_noise(
+    im: np.ndarray,
+    sigmas: np.ndarray,
+    seed: int,
+    out: np.ndarray | None,
+) -> np.ndarray:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    noise = np.random.default_rng(int(seed)).standard_normal(im.shape, dtype=np.float32)
+    noise *= sigmas
+    noise += im
+    np.rint(noise, out=noise)
+    np.clip(noise, 0, 255, out=noise)
+    if out is None:
+        return noise.astype(np.uint8)
+    np.copyto(out, noise, casting="unsafe")
+    return out
+
+
+def add_noise_rgb(
+    im: np.ndarray,
+    strength: float | None,
+    seed: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Add Gaussian noise that mimics a camera sensor: green is less noisy.
+
+    Sigma is ``strength * 64`` grey levels for channels 0 and 2, ``sigma / sqrt(2)`` for green
+    (channel 1), and the full sigma for gray images.
+
+    Args:
+        im: uint8 image, HxWx3 (RGB or BGR) or gray (HxW, HxWx1).
+        strength: noise strength >= 0; 0 or None leaves the image unchanged.
+        seed: seed of the ``np.random.default_rng`` that draws the noise.
+        out: optional array of the same shape and dtype to write into; may be ``im``.
+
+    Returns:
+        The noisy image, rounded and saturated to uint8 (``out`` when given).
+
+    Raises:
+        TypeError: if ``im`` is not uint8 or ``seed`` is not an int.
+        ValueError: if ``strength`` is negative, or on an unsupported shape or ``out``.
+    """
+    channels = _channels(im)
+    _check_out(im, out)
+    sigma = _check_strength(strength) * _NOISE_SCALE
+    if sigma == 0:
+        return _unchanged(im, out)
+    if channels == 3:
+        sigmas = np.array([sigma, sigma / math.sqrt(2.0), sigma], dtype=np.float32)
+    else:
+        sigmas = np.float32(sigma)
+    return _add_noise(im, sigmas, seed, out)
+
+
+def add_noise_other(
+    im: np.ndarray,
+    strength: float | None,
+    seed: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Add Gaussian noise of the same strength to every channel.
+
+    Sigma is ``strength * 64`` grey levels.
+
+    Args:
+        im: uint8 image, HxWx3 or gray (HxW, HxWx1).
+        strength: noise strength >= 0; 0 or None leaves the image unchanged.
+        seed: seed of the ``np.random.default_rng`` that draws the noise.
+        out: optional array of the same shape and dtype to write into; may be ``im``.
+
+    Returns:
+        The noisy image, rounded and saturated to uint8 (``out`` when given).
+
+    Raises:
+        TypeError: if ``im`` is not uint8 or ``seed`` is not an int.
+        ValueError: if ``strength`` is negative, or on an unsupported shape or ``out``.
+    """
+    _channels(im)
+    _check_out(im, out)
+    sigma = _check_strength(strength) * _NOISE_SCALE
+    if sigma == 0:
+        return _unchanged(im, out)
+    return _add_noise(im, np.float32(sigma), seed, out)
+
+
+def add_blur(
+    im: np.ndarray,
+    sigma: float | None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Blur with a Gaussian of standard deviation ``sigma`` pixels.
+
+    The reference's ``blur`` parameter is relative to the image width; the caller converts
+    it (``sigma = blur * width``). Border handling is ``cv2.BORDER_REFLECT_101``; the module
+    docstring gives the kernel OpenCV uses.
+
+    Args:
+        im: uint8 image, HxWx3 or gray (HxW, HxWx1).
+        sigma: standard deviation in pixels; 0 or None leaves the image unchanged.
+        out: optional array of the same shape and dtype to write into; may be ``im``.
+
+    Returns:
+        The blurred image (``out`` when given).
+
+    Raises:
+        TypeError: if ``im`` is not uint8.
+        ValueError: if ``sigma`` is negative, or on an unsupported shape or ``out``.
+    """
+    _channels(im)
+    _check_out(im, out)
+    if sigma is None:
+        return _unchanged(im, out)
+    s = float(sigma)
+    if not math.isfinite(s) or s < 0:
+        raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
+    if s == 0:
+        return _unchanged(im, out)
+    return _cv_apply(lambda src, dst: cv2.GaussianBlur(src, (0, 0), s, dst=dst, sigmaY=s), im, out)

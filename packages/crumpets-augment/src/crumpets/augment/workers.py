@@ -1,0 +1,375 @@
+"""Workers that decode and augment images into the loader's shared buffers.
+
+Each sample's parameters come from the worker's RNG, drawn from the sample's own
+generator (``self.rng``), overridden by the fixed ``*_params``; they are returned in
+``batch['augmentation']`` with the 2x3 ``transform`` actually applied, so any sample can
+be replayed and its keypoints and boxes follow the image exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import cv2
+import numpy as np
+
+from crumpets.core._plugins import entry_point_names
+from crumpets.core.broker import BufferWorker
+
+from .augmentation import SCALE_MODES, transform_image
+from .rng import INTERP_NEAREST, RNG, NoRNG, check_interpolation
+
+__all__ = [
+    "COLORSPACES",
+    "ClassificationWorker",
+    "FCNWorker",
+    "ImageWorker",
+    "SegmentationWorker",
+    "check_params",
+]
+
+# RGB is what the decoder's BGR becomes; the others are converted from RGB.
+COLORSPACES = {
+    "rgb": None,
+    "bgr": cv2.COLOR_RGB2BGR,
+    "hsv": cv2.COLOR_RGB2HSV,
+    "lab": cv2.COLOR_RGB2LAB,
+    "ycrcb": cv2.COLOR_RGB2YCrCb,
+    "gray": None,
+}
+OUTSIDE = ("drop", "clip")
+PARAMS = frozenset(
+    {
+        "angle",
+        "scale",
+        "shift",
+        "aspect",
+        "hmirror",
+        "vmirror",
+        "shear",
+        "interp_method",
+        "gamma_gray",
+        "gamma_color",
+        "contrast",
+        "noise",
+        "noise_seed",
+        "blur",
+        "scale_mode",
+        "supersampling",
+        "background",
+        "colorspace",
+    }
+)
+
+
+def _finite(name: str, value: Any, low: float = -math.inf, positive: bool = False) -> None:
+    if not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+        raise ValueError(f"augmentation parameter {name!r} must be a finite number, got {value!r}")
+    if value < low or (positive and value <= 0):
+        bound = "> 0" if positive else f">= {low}"
+        raise ValueError(f"augmentation parameter {name!r} must be {bound}, got {value!r}")
+
+
+def check_params(params: dict) -> dict:
+    """Check augmentation parameters; raise ValueError naming the first bad one."""
+    unknown = set(params) - PARAMS
+    if unknown:
+        raise ValueError(
+            f"unknown augmentation parameters {sorted(unknown)}; allowed: {sorted(PARAMS)}"
+        )
+    for name in ("angle", "shear"):
+        if params.get(name) is not None:
+            _finite(name, params[name])
+    for name in ("scale", "aspect"):
+        if params.get(name) is not None:
+            _finite(name, params[name], positive=True)
+    for name in ("noise", "blur", "contrast", "gamma_gray"):
+        if params.get(name) is not None:
+            _finite(name, params[name], low=-1 if name == "contrast" else 0)
+    if params.get("contrast") is not None and params["contrast"] > 1:
+        raise ValueError(
+            f"augmentation parameter 'contrast' must be in [-1, 1], got {params['contrast']}"
+        )
+    if params.get("gamma_color") is not None:
+        if len(params["gamma_color"]) != 3:
+            raise ValueError("augmentation parameter 'gamma_color' needs 3 values (r, g, b)")
+        for g in params["gamma_color"]:
+            _finite("gamma_color", g, positive=True)
+    if params.get("shift") is not None:
+        if len(params["shift"]) != 2:
+            raise ValueError("augmentation parameter 'shift' needs 2 values (x, y)")
+        for v in params["shift"]:
+            _finite("shift", v)
+    if params.get("interp_method") is not None:
+        check_interpolation(params["interp_method"])
+    if params.get("scale_mode", "shortest") not in SCALE_MODES:
+        raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {params['scale_mode']!r}")
+    if params.get("colorspace", "rgb") not in COLORSPACES:
+        raise ValueError(
+            f"colorspace must be one of {sorted(COLORSPACES)}, got {params['colorspace']!r}"
+        )
+    supersampling = params.get("supersampling", 0)
+    if not isinstance(supersampling, (int, np.integer)) or supersampling < 0:
+        raise ValueError(f"supersampling must be an int >= 0, got {supersampling!r}")
+    return params
+
+
+@functools.cache
+def _gpu_ops() -> frozenset[str]:
+    # crumpets-torch registers the pixel operations its Randomizer applies.
+    return frozenset(entry_point_names("crumpets.gpu_ops"))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _field(sample: dict, key: str) -> Any:
+    try:
+        return sample[key]
+    except KeyError:
+        raise KeyError(f"sample has no {key!r} field; it has {sorted(sample)}") from None
+
+
+class ImageWorker(BufferWorker):
+    """Worker for processing images of any kind.
+
+    Args:
+        image: buffer spec ``(shape, dtype[, fill_value])`` with shape (C, H, W), C 1 or
+            3; the fill value is the background where the image does not reach.
+        image_params: fixed parameters that override the random ones (see
+            :func:`crumpets.augment.augmentation.randomize_image`, plus ``colorspace``
+            'rgb', 'bgr', 'gray', 'hsv', 'lab' or 'ycrcb').
+        image_rng: an :class:`~crumpets.augment.rng.RNG`; default: no augmentation.
+        outside: what happens to keypoints that leave the image: 'drop' them (their
+            original indices are in ``batch['keypoints_index']``) or 'clip' them to the
+            border. Boxes are always clipped; with 'drop', boxes left with no area go.
+        **kwargs: passed to :class:`crumpets.core.broker.BufferWorker`
+            (e.g. ``gpu_augmentation``).
+    """
+
+    def __init__(
+        self,
+        image: Any,
+        image_params: dict | None = None,
+        image_rng: RNG | None = None,
+        outside: str = "drop",
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.add_buffer("image", image)
+        self._check_image_buffer("image")
+        self.add_params("image", check_params(dict(image_params or {})), {})
+        if image_rng is None:
+            image_rng = NoRNG()
+        if not isinstance(image_rng, RNG):
+            raise TypeError(
+                f"image_rng must be a crumpets.augment.rng.RNG, got {type(image_rng).__name__}"
+            )
+        self.image_rng = image_rng
+        if outside not in OUTSIDE:
+            raise ValueError(f"outside must be one of {OUTSIDE}, got {outside!r}")
+        self.outside = outside
+
+    def _check_image_buffer(self, key: str) -> None:
+        shape = self.buffer_specs[key][0]
+        if len(shape) != 3 or shape[0] not in (1, 3):
+            raise ValueError(f"buffer {key!r} must have shape (C, H, W) with C 1 or 3, got {shape}")
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        # OpenCV's thread pool does not survive fork: a child that touches it hangs. With
+        # one thread in the parent while forking, children start with a clean pool.
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            yield
+        finally:
+            cv2.setNumThreads(threads)
+
+    def init(self) -> None:
+        # nworkers processes, one thread each: OpenCV's pool would oversubscribe the cores.
+        cv2.setNumThreads(1)
+
+    def prepare_image(self, im: Any, buffers: dict, params: dict, key: str) -> dict:
+        """Decode and augment ``im`` into ``buffers[key]``; return the parameters used."""
+        out = buffers[key]
+        channels, height, width = out.shape
+        shape, _, fill = self.buffer_specs[key]
+        params = check_params(params)
+        colorspace = params.get("colorspace", "rgb" if channels == 3 else "gray")
+        if (channels == 1) != (colorspace == "gray"):
+            raise ValueError(
+                f"colorspace {colorspace!r} does not fit buffer {key!r} of shape {shape}"
+            )
+        args = {k: v for k, v in params.items() if k not in ("colorspace", "background")}
+        background = params.get("background", fill)
+        skip = _gpu_ops() if self.gpu_augmentation else frozenset()
+        result, matrix = transform_image(
+            im, (height, width), color=channels == 3, background=background, skip=skip, **args
+        )
+        if COLORSPACES[colorspace] is not None:
+            result = cv2.cvtColor(result, COLORSPACES[colorspace])
+        if channels == 3:
+            out[...] = result.transpose(2, 0, 1)
+        else:
+            out[0] = result
+        used = {k: _plain(v) for k, v in params.items()}
+        used["transform"] = matrix.tolist()
+        return used
+
+    def prepare_points(self, sample: dict, batch: dict, augmentation: dict, key: str) -> None:
+        """Map the sample's 'keypoints' (N x 2) and 'bboxes' (N x 4: x0, y0, x1, y1)
+        through the image's matrix into ``batch``."""
+        _, height, width = self.buffer_specs[key][0]
+        matrix = np.asarray(augmentation["transform"])
+        if "keypoints" in sample:
+            points = np.asarray(sample["keypoints"], dtype=np.float64).reshape(-1, 2)
+            mapped = points @ matrix[:, :2].T + matrix[:, 2]
+            inside = (
+                (mapped >= -0.5).all(1)
+                & (mapped[:, 0] <= width - 0.5)
+                & (mapped[:, 1] <= height - 0.5)
+            )
+            if self.outside == "drop":
+                index = np.flatnonzero(inside)
+                mapped = mapped[index]
+            else:
+                index = np.arange(len(mapped))
+                mapped = np.clip(mapped, -0.5, [width - 0.5, height - 0.5])
+            batch["keypoints"].append(mapped.astype(np.float32))
+            batch["keypoints_index"].append(index.tolist())
+        if "bboxes" in sample:
+            boxes = np.asarray(sample["bboxes"], dtype=np.float64).reshape(-1, 4)
+            corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 4, 2)
+            mapped = corners @ matrix[:, :2].T + matrix[:, 2]
+            # box edges lie on pixel borders: -0.5 .. size - 0.5 in pixel-centre coordinates
+            limit = [width - 0.5, height - 0.5]
+            lo = np.clip(mapped.min(1), -0.5, limit)
+            hi = np.clip(mapped.max(1), -0.5, limit)
+            hull = np.hstack([lo, hi])
+            index = np.arange(len(hull))
+            if self.outside == "drop":
+                index = np.flatnonzero((hi > lo).all(1))
+                hull = hull[index]
+            batch["bboxes"].append(hull.astype(np.float32))
+            batch["bboxes_index"].append(index.tolist())
+
+    def prepare(self, sample: dict, batch: dict, buffers: dict) -> None:
+        params = self.image_rng(self.rng)
+        params.update(self.params["image"])
+        augmentation = self.prepare_image(_field(sample, "image"), buffers, params, "image")
+        batch["augmentation"].append(augmentation)
+        self.prepare_points(sample, batch, augmentation, "image")
+
+
+class ClassificationWorker(ImageWorker):
+    """Worker for (image, label) pairs.
+
+    Args:
+        image: image buffer spec ``(shape, dtype[, fill_value])``.
+        label: label buffer spec, e.g. ``((1,), np.int64)``.
+        image_params: fixed image parameters; override random values.
+        image_rng: RNG for image augmentation.
+        **kwargs: passed to :class:`ImageWorker`.
+    """
+
+    def __init__(
+        self,
+        image: Any,
+        label: Any,
+        image_params: dict | None = None,
+        image_rng: RNG | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(image, image_params=image_params, image_rng=image_rng, **kwargs)
+        self.add_buffer("label", label)
+
+    def prepare(self, sample: dict, batch: dict, buffers: dict) -> None:
+        super().prepare(sample, batch, buffers)
+        label = np.asarray(_field(sample, "label"))
+        out = buffers["label"]
+        if label.dtype.kind not in "biuf" or label.size != out.size:
+            raise ValueError(
+                f"label {label.tolist()!r} does not fit label buffer of shape {out.shape} "
+                f"and dtype {out.dtype}"
+            )
+        out[...] = label.reshape(out.shape)
+
+
+class FCNWorker(ImageWorker):
+    """Worker for fully convolutional networks: image and target image, with the same
+    random geometry; ``target_image_params`` override values for the target only.
+
+    Args:
+        image: image buffer spec.
+        target_image: target image buffer spec.
+        image_params: fixed image parameters.
+        target_image_params: fixed target image parameters.
+        image_rng: RNG for both images.
+        **kwargs: passed to :class:`ImageWorker`.
+    """
+
+    def __init__(
+        self,
+        image: Any,
+        target_image: Any,
+        image_params: dict | None = None,
+        target_image_params: dict | None = None,
+        image_rng: RNG | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(image, image_params=image_params, image_rng=image_rng, **kwargs)
+        self.add_buffer("target_image", target_image)
+        self._check_image_buffer("target_image")
+        self.add_params("target_image", check_params(dict(target_image_params or {})), {})
+
+    def prepare(self, sample: dict, batch: dict, buffers: dict) -> None:
+        params = self.image_rng(self.rng)
+        image_params = {**params, **self.params["image"]}
+        augmentation = self.prepare_image(_field(sample, "image"), buffers, image_params, "image")
+        target_params = {**params, **self.params["target_image"]}
+        target = _field(sample, "target_image")
+        target_augmentation = self.prepare_image(target, buffers, target_params, "target_image")
+        batch["augmentation"].append(augmentation)
+        batch["target_augmentation"].append(target_augmentation)
+        self.prepare_points(sample, batch, augmentation, "image")
+
+
+class SegmentationWorker(FCNWorker):
+    """Worker for segmentation: the target (a label map: single-channel PNG or uint8
+    array) uses nearest-neighbour interpolation, no supersampling and no pixel
+    augmentation; its buffer's fill value marks pixels outside the image (use your
+    loss's ignore index)."""
+
+    TARGET_DEFAULTS = {
+        "interp_method": INTERP_NEAREST,
+        "supersampling": 1,
+        "gamma_gray": None,
+        "gamma_color": None,
+        "contrast": None,
+        "noise": None,
+        "blur": None,
+    }
+
+    def __init__(
+        self,
+        image: Any,
+        target_image: Any,
+        image_params: dict | None = None,
+        target_image_params: dict | None = None,
+        image_rng: RNG | None = None,
+        **kwargs: Any,
+    ):
+        params = {**self.TARGET_DEFAULTS, **(target_image_params or {})}
+        super().__init__(image, target_image, image_params, params, image_rng, **kwargs)
