@@ -36,8 +36,12 @@ def install_local(session: nox.Session, names: list[str], *extra: str) -> None:
     session.install(*args, *extra)
 
 
+# Real photos for tests (skimage.data ships them), never random noise.
+PHOTOS = {"augment": ["scikit-image"], "integration": ["scikit-image"]}
+
+
 def run_tests(session: nox.Session, name: str) -> None:
-    install_local(session, LOCAL[name], *TEST_DEPS)
+    install_local(session, LOCAL[name], *TEST_DEPS, *PHOTOS.get(name, []))
     session.run("pytest", f"tests/{name}", *session.posargs)
 
 

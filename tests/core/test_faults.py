@@ -202,3 +202,20 @@ def test_stalled_worker_is_reported_with_its_stack(capfd):
         for _ in loader:
             pass
     assert "in prepare" in capfd.readouterr().err  # faulthandler's dump of the stuck worker
+
+
+def test_exception_while_a_worker_starts_is_raised_in_the_main_process():
+    class BadStart(IndexWorker):
+        def init(self):
+            raise OSError("cannot open the camera")
+
+    with pytest.raises(OSError, match="cannot open the camera") as info:
+        with TurboDataLoader(SAMPLES, 10, BadStart(), 2):
+            pass
+    assert "raised in worker" in str(info.value)
+
+
+def test_workers_start_when_stderr_has_no_file_descriptor(capsys):
+    # pytest's capsys (like Jupyter) replaces sys.stderr with an object without fileno()
+    with TurboDataLoader(SAMPLES, 10, IndexWorker(), 2) as loader:
+        assert sum(len(mb["index"]) for _, (mb,) in loader) == 100

@@ -6,6 +6,7 @@ Works with numpy and OpenCV alone; torch is never imported.
 from ._version import __version__
 from .augmentation import randomize_image
 from .rng import RNG, MixtureRNG, NoRNG
+from .saliency import SaliencyWorker
 from .workers import ClassificationWorker, FCNWorker, ImageWorker, SegmentationWorker
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "ImageWorker",
     "MixtureRNG",
     "NoRNG",
+    "SaliencyWorker",
     "SegmentationWorker",
     "__version__",
     "randomize_image",

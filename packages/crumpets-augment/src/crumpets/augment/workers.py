@@ -74,9 +74,13 @@ def _finite(name: str, value: Any, low: float = -math.inf, positive: bool = Fals
         raise ValueError(f"augmentation parameter {name!r} must be {bound}, got {value!r}")
 
 
+# What prepare_image reports besides the parameters; ignored when fed back as params.
+OUTPUT_KEYS = frozenset({"transform", "gpu_ops"})
+
+
 def check_params(params: dict) -> dict:
     """Check augmentation parameters; raise ValueError naming the first bad one."""
-    unknown = set(params) - PARAMS
+    unknown = set(params) - PARAMS - OUTPUT_KEYS
     if unknown:
         raise ValueError(
             f"unknown augmentation parameters {sorted(unknown)}; allowed: {sorted(PARAMS)}"
@@ -212,7 +216,9 @@ class ImageWorker(BufferWorker):
             raise ValueError(
                 f"colorspace {colorspace!r} does not fit buffer {key!r} of shape {shape}"
             )
-        args = {k: v for k, v in params.items() if k not in ("colorspace", "background")}
+        args = {
+            k: v for k, v in params.items() if k not in {"colorspace", "background", *OUTPUT_KEYS}
+        }
         background = params.get("background", fill)
         skip = _gpu_ops() if self.gpu_augmentation else frozenset()
         result, matrix = transform_image(
@@ -226,6 +232,7 @@ class ImageWorker(BufferWorker):
             out[0] = result
         used = {k: _plain(v) for k, v in params.items()}
         used["transform"] = matrix.tolist()
+        used["gpu_ops"] = sorted(skip)  # what the GPU Randomizer still has to apply
         return used
 
     def prepare_points(self, sample: dict, batch: dict, augmentation: dict, key: str) -> None:

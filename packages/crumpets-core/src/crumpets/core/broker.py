@@ -158,19 +158,29 @@ class Worker(ABC):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         setprocname(f"crumpets-w{self.worker_id}")
-        # The main process sends SIGUSR1 to a worker that stalls: its stack goes to stderr.
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        try:
+            # The main process sends SIGUSR1 to a worker that stalls: its stack goes to
+            # stderr. File descriptor 2, as sys.stderr may have none (pytest, Jupyter).
+            faulthandler.register(signal.SIGUSR1, file=2, all_threads=True)
+        except (OSError, ValueError, RuntimeError):
+            pass  # no stderr to dump to: stalls are still reported, without a stack
         parent = os.getppid()
         ctx = zmq.Context()
         work = ctx.socket(zmq.PULL)
         result = ctx.socket(zmq.PUSH)
-        for sock in (work, result):
-            sock.linger = 0
+        work.linger = 0
+        result.linger = 1000  # deliver a last message (an error) before exiting
         work.connect(self.work_address)
         result.connect(self.result_address)
         try:
-            self.init()
-            result.send_multipart([msgpack.packb({"ready": self.worker_id}), b""])
+            try:
+                self.init()
+                hello = {"ready": self.worker_id}
+            except Exception as exc:  # the main process raises it
+                hello = {"ready": self.worker_id, "error": self._describe(exc)}
+            result.send_multipart([msgpack.packb(hello), b""])
+            if "error" in hello:
+                return
             while True:
                 if not work.poll(self.timeout):
                     if os.getppid() != parent:
@@ -546,6 +556,8 @@ class Pipeline:
         while ready < self.nworkers:
             self._wait_message("start-up message")
             header, _ = self.consumer.retrieve()
+            if "error" in header:
+                raise _rebuild_error(header["error"])
             ready += "ready" in header
 
     def _wait_message(self, what: str) -> None:

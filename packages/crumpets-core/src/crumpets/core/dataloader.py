@@ -282,12 +282,9 @@ class TurboDataLoader:
         if self._pipeline is not None:
             raise RuntimeError("loader is already started")
         specs = getattr(self.worker_template, "buffer_specs", {})
-        if self.num_buffers and specs:
-            manager = SharedBufferManager(self.num_buffers, self.batch_size, specs)
-            max_in_flight = self.num_buffers
-        else:
-            manager = DummyBufferManager(self.batch_size, specs)
-            max_in_flight = self.num_buffers or 2 * self.nworkers
+        shared = bool(self.num_buffers and specs)
+        manager = self._make_buffer_manager(shared, specs)
+        max_in_flight = self.num_buffers if shared else self.num_buffers or 2 * self.nworkers
         handler = None
         if (
             threading.current_thread() is threading.main_thread()
@@ -305,6 +302,19 @@ class TurboDataLoader:
         self._finalizer = weakref.finalize(self, _shutdown, pipeline, manager, handler)
         pipeline.start()
         self._pipeline = pipeline
+
+    def _make_buffer_manager(self, shared: bool, specs: dict) -> Any:
+        if shared:
+            return SharedBufferManager(self.num_buffers, self.batch_size, specs)
+        return DummyBufferManager(self.batch_size, specs)
+
+    def _deliver(self, mini_batches: list[dict]) -> list:
+        """Hand mini-batches to the user; subclasses convert them (e.g. to tensors)."""
+        return mini_batches
+
+    def _release_transfers(self) -> bool:
+        """Free buffer sets held by transfers still in progress; True if any were."""
+        return False
 
     def stop(self) -> None:
         """Stop the processing pipeline: workers, sockets and shared memory."""
@@ -357,6 +367,8 @@ class TurboDataLoader:
                 while sent == b:  # the batch we need next has not been sent
                     if pipeline.in_flight:
                         pipeline.wait_any()
+                    elif self._release_transfers():
+                        pass
                     elif pipeline.buffers_held():
                         raise RuntimeError(
                             f"all {self.num_buffers} shared buffer sets are still referenced "
@@ -371,7 +383,7 @@ class TurboDataLoader:
                 self._cursor = b + 1
                 iteration = self._iteration
                 self._iteration += 1
-                yield iteration, self._split(batch)
+                yield iteration, self._deliver(self._split(batch))
         finally:
             self._seq = seq0 + sent - start
             self._cursor = end

@@ -1,0 +1,19 @@
+"""`crumpets bench` runs the torch loader with a worker and a preset."""
+
+from __future__ import annotations
+
+from crumpets.core.cli import main
+
+
+def test_bench_prints_images_per_second(capsys):
+    code = main(
+        ["bench", "--samples", "64", "--batches", "4", "--batch-size", "16", "--size", "64"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "images/s" in out and "classification + AUGMENTATION_TRAIN" in out
+
+
+def test_bench_rejects_unknown_preset(capsys):
+    assert main(["bench", "--preset", "NOPE", "--batches", "1"]) == 2
+    assert "AUGMENTATION_TRAIN" in capsys.readouterr().err
