@@ -33,9 +33,15 @@ def mad(cpu_image, torch_batch):
 @pytest.mark.parametrize("name", ["chelsea", "coffee", "astronaut"])
 @pytest.mark.parametrize(
     ("gray", "color", "contrast"),
-    [(0.6, None, None), (1.8, None, None), (None, [0.7, 1.1, 1.5], None), (None, None, 0.5),
-     (None, None, -0.5), (0.9, [1.2, 0.8, 1.0], 0.3)],
-)  # fmt: skip
+    [
+        (0.6, None, None),
+        (1.8, None, None),
+        (None, [0.7, 1.1, 1.5], None),
+        (None, None, 0.5),
+        (None, None, -0.5),
+        (0.9, [1.2, 0.8, 1.0], 0.3),
+    ],
+)
 def test_gamma_color_contrast_parity(name, gray, color, contrast):
     im = photo(name)
     expected = cpu.add_gamma(im, True, gray, color, contrast)
@@ -67,8 +73,14 @@ def test_noise_matches_in_distribution(strength):
 
 
 def test_loader_with_gpu_augmentation_matches_cpu_augmentation():
-    rng = MixtureRNG(prob=1, brightness_range=(-0.4, 0.4), color_range=(-0.3, 0.3),
-                     contrast_range=(-0.4, 0.4), blur_range=(0.002, 0.01), rotation_sigma=10)  # fmt: skip
+    rng = MixtureRNG(
+        prob=1,
+        brightness_range=(-0.4, 0.4),
+        color_range=(-0.3, 0.3),
+        contrast_range=(-0.4, 0.4),
+        blur_range=(0.002, 0.01),
+        rotation_sigma=10,
+    )
     im = skimage.data.coffee()
     data = [
         pack({"image": cv2.imencode(".jpg", np.roll(im, 9 * i, 1))[1].tobytes(), "label": i})

@@ -92,9 +92,16 @@ class TorchTurboDataLoader(TurboDataLoader):
             worker_template = copy.copy(worker_template)
             worker_template.set_gpu_augmentation(True)
         super().__init__(
-            iterable, batch_size, worker_template, nworkers, length, num_mini_batches,
-            start_iteration, shared_memory, **kwargs,
-        )  # fmt: skip
+            iterable,
+            batch_size,
+            worker_template,
+            nworkers,
+            length,
+            num_mini_batches,
+            start_iteration,
+            shared_memory,
+            **kwargs,
+        )
         self.device = (
             self.devices[0] if isinstance(device, (str, int, torch.device)) else self.devices
         )
