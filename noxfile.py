@@ -89,3 +89,11 @@ def demo(session: nox.Session) -> None:
     """The README's first command: load real handwritten digits through the pipeline."""
     install_local(session, ["core"], "scikit-learn")
     session.run("python", "examples/demo.py", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks that print figures (never timed tests): fidelity and loader images/s."""
+    install_local(session, ["core", "augment", "torch"], "scikit-image")
+    session.run("python", "benchmarks/fidelity.py")
+    session.run("crumpets", "bench", "--batches", "60", "--samples", "512", *session.posargs)

@@ -61,6 +61,8 @@ def _shutdown(pipeline: Pipeline, manager: Any, handler: Any) -> None:
 
 def _raise_exit(signum: int, frame: Any) -> None:
     # SIGTERM unwinds like Ctrl-C, so `with loader:` stops workers and frees memory.
+    # Once only: should something swallow the SystemExit, a second SIGTERM terminates.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise SystemExit(128 + signum)
 
 
