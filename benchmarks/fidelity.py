@@ -24,7 +24,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     print(
-        f"4x downscale PSNR (dB) vs float64 area average; {platform.machine()}, OpenCV {cv2.__version__}"
+        "4x downscale PSNR (dB) vs float64 area average; "
+        f"{platform.machine()}, OpenCV {cv2.__version__}"
     )
     print(f"{'photo':<10} {'array':>7} {'png':>7} {'jpeg':>7}")
     for name in ("astronaut", "chelsea", "coffee", "rocket"):
