@@ -42,6 +42,8 @@ PHOTOS = {"augment": ["scikit-image"], "integration": ["scikit-image"]}
 
 def run_tests(session: nox.Session, name: str) -> None:
     install_local(session, LOCAL[name], *TEST_DEPS, *PHOTOS.get(name, []))
+    if name in ("train", "integration"):  # the digits demo is part of their tests
+        session.install("-e", "packages/crumpets-train[demo]")
     session.run("pytest", f"tests/{name}", *session.posargs)
 
 
@@ -86,14 +88,17 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The README's first command: load real handwritten digits through the pipeline."""
-    install_local(session, ["core"], "scikit-learn")
+    """The README's first command: train a CNN on real handwritten digits, on the CPU."""
+    install_local(session, ["core", "augment", "torch"])
+    session.install("-e", "packages/crumpets-train[demo]")
     session.run("python", "examples/demo.py", *session.posargs)
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks that print figures (never timed tests): fidelity and loader images/s."""
-    install_local(session, ["core", "augment", "torch"], "scikit-image")
+    """Benchmarks that print figures (never timed tests): fidelity and loader images/s, and
+    throughput against a torch DataLoader baseline (writes benchmarks/results.md)."""
+    install_local(session, ["core", "augment", "torch"], "scikit-image", "albumentations", "psutil")
     session.run("python", "benchmarks/fidelity.py")
     session.run("crumpets", "bench", "--batches", "60", "--samples", "512", *session.posargs)
+    session.run("python", "benchmarks/throughput.py")

@@ -40,7 +40,9 @@ def test_training_presets_produce_the_contract(name):
     for key in ("gamma_gray", "gamma_color", "contrast", "noise", "blur"):
         assert any(d[key] is not None for d in draws), key
     assert any(d["hmirror"] for d in draws) and any(not d["hmirror"] for d in draws)
-    assert {d["interp_method"] for d in draws} == {R.INTERP_LINEAR, R.INTERP_CUBIC}
+    # AUGMENTATION_TRAIN warps bilinearly only (the default), for speed
+    expected = {R.INTERP_LINEAR, R.INTERP_CUBIC} if name == "AUGMENTATION_ALL" else {None}
+    assert {d["interp_method"] for d in draws} == expected
     assert pickle.loads(pickle.dumps(rng))(np.random.default_rng(1)) == draws[1]
 
 

@@ -195,8 +195,12 @@ def _then(matrix: np.ndarray, fx: float, fy: float) -> np.ndarray:
 
 
 def _singular_values(matrix: np.ndarray) -> tuple[float, float]:
-    s = np.linalg.svd(matrix[:, :2], compute_uv=False)
-    return float(s[0]), float(s[1])
+    """Largest and smallest scale of the matrix's linear part (closed form for 2x2)."""
+    a, b, c, d = matrix[0, 0], matrix[0, 1], matrix[1, 0], matrix[1, 1]
+    total = a * a + b * b + c * c + d * d
+    det = abs(a * d - b * c)
+    root = math.sqrt(max(total * total - 4 * det * det, 0.0))
+    return math.sqrt((total + root) / 2), math.sqrt(max(total - root, 0.0) / 2)
 
 
 def _warp(
@@ -210,8 +214,12 @@ def _warp(
     """One warpAffine to target_size, supersampled k x k where downscaling would alias."""
     th, tw = target_size
     if supersampling == 0:
+        # Bilinear sampling aliases only below half scale; the source was already brought
+        # near the target's scale, so this is rare (strong aspect or shear).
         smallest = _singular_values(matrix)[1]
-        supersampling = min(_MAX_SUPERSAMPLING, max(1, round(1 / smallest))) if smallest else 1
+        supersampling = (
+            1 if smallest >= 0.5 or not smallest else min(_MAX_SUPERSAMPLING, round(1 / smallest))
+        )
     k = 1 if method == cv2.INTER_NEAREST else supersampling
     border = background if isinstance(background, (int, float)) else tuple(background)
     if k == 1:
