@@ -72,7 +72,9 @@ def available_presets() -> list[str]:
     return [name for name in presets.__all__ if isinstance(getattr(presets, name), RNG)]
 
 
-def _preset(name: str) -> RNG:
+def _preset(name: str | RNG) -> RNG:
+    if isinstance(name, RNG):  # your own RNG, e.g. the one you train with
+        return name
     if name not in available_presets():
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(available_presets())}")
     return getattr(presets, name)
@@ -89,14 +91,14 @@ def _tile(data: bytes, size: int, rng: RNG, seed: tuple[int, ...]) -> np.ndarray
 
 
 def preview_tiles(
-    data: bytes, size: int = 224, preset: str | None = None, draws: int = 8, seed: int = 0
+    data: bytes, size: int = 224, preset: str | RNG | None = None, draws: int = 8, seed: int = 0
 ) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, np.ndarray]]]:
     """The labelled tiles of the guide's examples, and of ``draws`` draws of ``preset``.
 
     Args:
         data: encoded image (JPEG, PNG, ...).
         size: side of each square tile in pixels.
-        preset: name of an RNG in :mod:`crumpets.augment.presets`, or None.
+        preset: name of an RNG in :mod:`crumpets.augment.presets`, an RNG, or None.
         draws: number of draws of the preset.
         seed: seed of the random examples (aspect, color, rotation) and of the draws.
 
@@ -146,7 +148,7 @@ def _section(tiles: list[tuple[str, np.ndarray]], size: int) -> np.ndarray:
 
 
 def preview_grid(
-    data: bytes, size: int = 224, preset: str | None = None, draws: int = 8, seed: int = 0
+    data: bytes, size: int = 224, preset: str | RNG | None = None, draws: int = 8, seed: int = 0
 ) -> np.ndarray:
     """A labelled grid of one image under each augmentation of the Augmentation Guide.
 
@@ -158,7 +160,7 @@ def preview_grid(
     Args:
         data: encoded image (JPEG, PNG, ...).
         size: side of each square tile in pixels.
-        preset: name of an RNG in :mod:`crumpets.augment.presets`, or None.
+        preset: name of an RNG in :mod:`crumpets.augment.presets`, an RNG, or None.
         draws: number of draws of the preset.
         seed: seed of the random examples and of the draws.
 
@@ -174,7 +176,8 @@ def preview_grid(
         width = parts[0].shape[1]
         title = np.empty((label_height(size) + GAP, width, 3), np.uint8)
         title[...] = STRIP
-        _label(title[: label_height(size), GAP:], f"{preset}, seed {seed}")
+        name = preset if isinstance(preset, str) else type(preset).__name__
+        _label(title[: label_height(size), GAP:], f"{name}, seed {seed}")
         parts += [title, _section(extra, size)]
     parts.append(np.full((GAP, parts[0].shape[1], 3), STRIP, np.uint8))
     return np.vstack(parts)

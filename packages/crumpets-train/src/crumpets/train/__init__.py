@@ -1,5 +1,6 @@
-"""crumpets-train: Trainer, losses, metrics, LR policies, snapshots."""
+"""crumpets-train: Trainer, losses, metrics, LR policies, snapshots and models."""
 
 from ._version import __version__
+from .trainer import EVENTS, Trainer
 
-__all__ = ["__version__"]
+__all__ = ["EVENTS", "Trainer", "__version__"]

@@ -1,0 +1,362 @@
+"""The Trainer: trains and validates a network on crumpets loaders, epoch by epoch.
+
+Each step measures how long it waited for the loader, so the progress bar and the log
+show at once whether data or the model is the bottleneck. Under torchrun (``WORLD_SIZE``
+> 1) the network is wrapped in DistributedDataParallel, each rank's loader reads its own
+shard, metrics are summed over ranks, and only rank 0 prints, logs and writes snapshots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from crumpets.core.logging import JSONLogger, SilentLogger, make_printer
+from crumpets.torch.utils import ParallelApply
+
+from . import snapshot as snapshots
+from .metrics import NoopMetric
+from .policy import NoopPolicy
+
+__all__ = ["EVENTS", "Trainer"]
+
+EVENTS = (
+    "train_begin",
+    "train_end",
+    "train_pre_forward",
+    "train_forward",
+    "train_backward",
+    "val_begin",
+    "val_end",
+    "val_pre_forward",
+    "val_forward",
+)
+AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _init_distributed() -> tuple[int, int]:
+    """(rank, world_size); starts the process group under torchrun if nobody has."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+class Trainer:
+    """Trains ``network`` one epoch, validates one epoch, and repeats.
+
+    Args:
+        network: takes and returns sample dicts (wrap plain nets in ``Unpacker``; for a
+            multi-device loader wrap in ``ParallelApply``).
+        optimizer: a torch optimizer over the network's parameters.
+        loss: a crumpets.train.loss module (works on sample dicts).
+        metric: a crumpets.train.metrics metric (or None).
+        train_policy: LR policy stepped after each training epoch (or None).
+        val_policy: policy stepped after each validation with the validation loss
+            (e.g. ReduceLROnPlateau), or None.
+        train_iter: the training loader (entered by you: ``with train_iter:``).
+        val_iter: the validation loader, or None.
+        outdir: folder for the log (``log.jsonl``) and snapshots; created if needed.
+        val_loss: loss for validation; default ``loss``.
+        val_metric: metric for validation; default ``metric``.
+        snapshot_interval: epochs between snapshots; 0 or None for none.
+        quiet: no progress bar, no log file.
+        amp: None, 'bf16' or 'fp16': mixed precision with torch.autocast (fp16 with a
+            gradient scaler).
+        accumulate: batches whose gradients are summed before an optimizer step.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss: torch.nn.Module,
+        metric: Any,
+        train_policy: Any,
+        val_policy: Any,
+        train_iter: Any,
+        val_iter: Any,
+        outdir: str | os.PathLike[str],
+        val_loss: torch.nn.Module | None = None,
+        val_metric: Any = None,
+        snapshot_interval: int | None = 1,
+        quiet: bool = False,
+        *,
+        amp: str | None = None,
+        accumulate: int = 1,
+    ):
+        if amp not in AMP:
+            raise ValueError(f"amp must be one of {sorted(AMP, key=str)}, got {amp!r}")
+        if int(accumulate) < 1:
+            raise ValueError(f"accumulate must be >= 1, got {accumulate}")
+        self.rank, self.world_size = _init_distributed()
+        if self.world_size > 1 and not isinstance(
+            network, torch.nn.parallel.DistributedDataParallel
+        ):
+            device = _device_of(network)
+            ids = [device.index] if device.type == "cuda" else None
+            network = torch.nn.parallel.DistributedDataParallel(network, device_ids=ids)
+        self.network = network
+        self.optimizer = optimizer
+        self.loss = loss
+        self.metric = metric if metric is not None else NoopMetric()
+        self.train_policy = train_policy if train_policy is not None else NoopPolicy()
+        self.val_policy = val_policy if val_policy is not None else NoopPolicy()
+        self.train_iter = train_iter
+        self.val_iter = val_iter
+        self.val_loss = val_loss if val_loss is not None else loss
+        self.val_metric = val_metric if val_metric is not None else self.metric
+        self.snapshot_interval = snapshot_interval or 0
+        self.quiet = quiet or self.rank != 0
+        self.outdir = os.fspath(outdir)
+        self.amp = amp
+        self.accumulate = int(accumulate)
+        self.device_type = _device_of(network).type
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=amp == "fp16")
+        self.hooks: dict[str, list[Callable]] = {name: [] for name in EVENTS}
+        self.state: dict[str, Any] = {"epoch": 0, "iteration": 0, "history": []}
+        writes = not self.quiet or (self.snapshot_interval and self.rank == 0)
+        if writes:
+            os.makedirs(self.outdir, exist_ok=True)
+        self.logger = (
+            SilentLogger()
+            if self.quiet
+            else JSONLogger("crumpets.train", os.path.join(self.outdir, "log.jsonl"))
+        )
+        self.last_snapshot: str | None = None
+
+    # -- hooks --------------------------------------------------------------------------
+    def add_hook(self, name: str, fun: Callable) -> None:
+        """Call ``fun(state, **kwargs)`` at event ``name`` (one of :data:`EVENTS`)."""
+        if name not in self.hooks:
+            raise ValueError(f"unknown hook event {name!r}; events: {list(EVENTS)}")
+        self.hooks[name].append(fun)
+
+    def remove_hook(self, name: str, fun: Callable) -> None:
+        """Remove a hook added with :meth:`add_hook`."""
+        if name not in self.hooks:
+            raise ValueError(f"unknown hook event {name!r}; events: {list(EVENTS)}")
+        self.hooks[name].remove(fun)
+
+    def _fire(self, name: str, **kwargs: Any) -> None:
+        for fun in self.hooks[name]:
+            fun(self.state, **kwargs)
+
+    # -- one step -----------------------------------------------------------------------
+    def _forward(self, mini_batches: list, loss_fn: Any, phase: str) -> tuple[Any, torch.Tensor]:
+        """Forward (and, in training, backward) of one batch; returns outputs and loss."""
+        parts = [mini_batches] if isinstance(self._plain_net, ParallelApply) else mini_batches
+        outputs, total = [], 0.0
+        for sample in parts:
+            self._fire(f"{phase}_pre_forward", sample=sample)
+            autocast = torch.autocast(self.device_type, AMP[self.amp], enabled=self.amp is not None)
+            with autocast:
+                output = self.network(sample)
+                loss = loss_fn(output)
+            if not torch.isfinite(loss.detach()).all():
+                raise FloatingPointError(
+                    f"{phase} loss is {loss.item()} at epoch {self.state['epoch']}, iteration "
+                    f"{self.state['iteration']}; training stopped. Last good snapshot: "
+                    f"{self.last_snapshot or 'none yet'}"
+                )
+            if phase == "train":
+                self.scaler.scale(loss / (len(parts) * self.accumulate)).backward()
+            outputs.append(output)
+            total += loss.detach().float().item() / len(parts)
+        return outputs, total
+
+    @property
+    def _plain_net(self) -> torch.nn.Module:
+        net = self.network
+        return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+
+    def _epoch(self, phase: str, loader: Any, loss_fn: Any, metric: Any) -> dict:
+        train = phase == "train"
+        self.network.train(train)
+        metric.reset()
+        loss_sum = 0.0  # sum of batch losses, over `batches`
+        batches = samples = 0
+        waited = computed = 0.0
+        values: dict = {}
+        self._fire(f"{phase}_begin")
+        bar = (
+            None
+            if self.quiet
+            else make_printer(total=len(loader), desc=f"{phase} {self.state['epoch']}")
+        )
+        grad = contextlib.nullcontext() if train else torch.no_grad()
+        with grad:
+            t_ready = time.perf_counter()
+            for step, (_, mini_batches) in enumerate(loader):
+                t_data = time.perf_counter()
+                waited += t_data - t_ready
+                outputs, loss = self._forward(mini_batches, loss_fn, phase)
+                for output in outputs:
+                    values = metric(output)
+                    n = len(next(iter(v for v in output.values() if isinstance(v, torch.Tensor))))
+                    samples += n
+                loss_sum += loss
+                batches += 1
+                self._fire(f"{phase}_forward", metric=values, loss=loss, output=outputs[-1])
+                if train:
+                    self._fire("train_backward", metric=values, loss=loss, output=outputs[-1])
+                    if (step + 1) % self.accumulate == 0 or step + 1 == len(loader):
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    self.state["iteration"] += 1
+                t_ready = time.perf_counter()
+                computed += t_ready - t_data
+                if bar is not None:
+                    wait = waited / max(waited + computed, 1e-9)
+                    bar.set_postfix(loss=f"{loss:.4f}", data_wait=f"{wait:.0%}", **_short(values))
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        result = self._reduce(metric, loss_sum, batches, samples)
+        elapsed = waited + computed
+        result.update(
+            {
+                "phase": phase,
+                "epoch": self.state["epoch"],
+                "data_wait": waited / elapsed if elapsed else 0.0,
+                "samples_per_s": result.pop("samples") / elapsed if elapsed else 0.0,
+            }
+        )
+        self._fire(f"{phase}_end")
+        return result
+
+    def _reduce(self, metric: Any, loss_sum: float, batches: int, samples: int) -> dict:
+        if self.world_size > 1:
+            metric.all_reduce(_sum_over_ranks)
+            sums = torch.tensor([loss_sum, batches, samples], dtype=torch.float64)
+            loss_sum, batches, samples = _sum_over_ranks(sums).tolist()
+        loss = loss_sum / batches if batches else math.nan
+        # plain values: the history goes into JSON logs and weights-only snapshots
+        values = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in metric.value().items()}
+        return {"loss": loss, **values, "samples": int(samples)}
+
+    def train_epoch(self) -> dict:
+        """Train one epoch; returns the loss, metrics, data wait fraction and samples/s."""
+        result = self._epoch("train", self.train_iter, self.loss, self.metric)
+        self.train_policy.step()
+        return result
+
+    def validate_epoch(self, epoch: int) -> dict:
+        """Validate once; returns the loss and metrics."""
+        self.state["epoch"] = epoch
+        result = self._epoch("val", self.val_iter, self.val_loss, self.val_metric)
+        if isinstance(self.val_policy, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.val_policy.step(result["loss"])
+        else:
+            self.val_policy.step()
+        return result
+
+    # -- the loop -----------------------------------------------------------------------
+    def print_info(self, epoch: int) -> None:
+        """Print and log the epoch and the current learning rates."""
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.logger.info(event="epoch", epoch=epoch, lr=lrs)
+        if not self.quiet:
+            from crumpets.core.logging import print as tqdm_print
+
+            tqdm_print(f"epoch {epoch}: lr {', '.join(f'{lr:.3g}' for lr in lrs)}")
+
+    def train(self, num_epochs: int, start_epoch: int = 0) -> list[dict]:
+        """Train epochs ``start_epoch`` .. ``num_epochs - 1``, validating after each.
+
+        Returns:
+            The history: one dict per epoch with 'train' and 'val' results.
+        """
+        for epoch in range(start_epoch, num_epochs):
+            self.state["epoch"] = epoch
+            self.print_info(epoch)
+            record = {"epoch": epoch, "train": self.train_epoch()}
+            self.logger.info(**record["train"])
+            if self.val_iter is not None:
+                record["val"] = self.validate_epoch(epoch)
+                self.logger.info(**record["val"])
+            self.state["history"].append(record)
+            if not self.quiet:
+                from crumpets.core.logging import print as tqdm_print
+
+                tqdm_print(_summary(record))
+            if self.snapshot_interval and (epoch + 1) % self.snapshot_interval == 0:
+                self.snapshot(epoch)
+        return self.state["history"]
+
+    # -- snapshots ----------------------------------------------------------------------
+    def snapshot(self, epoch: int) -> str | None:
+        """Write ``outdir/epoch_NNNN.pth`` atomically (rank 0 only); returns its path."""
+        if self.rank != 0:
+            return None
+        path = os.path.join(self.outdir, f"epoch_{epoch:04d}.pth")
+        loader_state = getattr(self.train_iter, "state_dict", None)
+        snapshots.save(
+            path,
+            self.state["iteration"],
+            self._plain_net,
+            self.optimizer,
+            epoch=epoch,
+            train_policy=self.train_policy.state_dict(),
+            val_policy=self.val_policy.state_dict(),
+            scaler=self.scaler.state_dict(),
+            loader=loader_state() if loader_state else None,
+            torch_rng=torch.get_rng_state(),
+            history=self.state["history"],
+        )
+        self.last_snapshot = path
+        return path
+
+    def resume(self, path: str | os.PathLike[str], strict: bool = True) -> int:
+        """Load a snapshot written by :meth:`snapshot`; returns the epoch to start at."""
+        snap = snapshots.resume(path, self._plain_net, self.optimizer, strict=strict)
+        self.train_policy.load_state_dict(snap["train_policy"])
+        self.val_policy.load_state_dict(snap["val_policy"])
+        self.scaler.load_state_dict(snap["scaler"])
+        if snap.get("loader") is not None and hasattr(self.train_iter, "load_state_dict"):
+            self.train_iter.load_state_dict(snap["loader"])
+        torch.set_rng_state(snap["torch_rng"])
+        self.state["iteration"] = snap["iteration"]
+        self.state["history"] = list(snap.get("history", []))
+        self.last_snapshot = os.fspath(path)
+        return snap["epoch"] + 1
+
+
+def _short(values: dict) -> dict:
+    return {k: f"{v:.4f}" for k, v in values.items() if isinstance(v, float) and math.isfinite(v)}
+
+
+def _summary(record: dict) -> str:
+    parts = [f"epoch {record['epoch']}"]
+    for phase in ("train", "val"):
+        if phase in record:
+            r = record[phase]
+            skip = ("loss", "data_wait", "samples_per_s", "epoch")
+            extra = " ".join(f"{k} {v}" for k, v in _short(r).items() if k not in skip)
+            parts.append(
+                f"{phase}: loss {r['loss']:.4f} {extra} ({r['samples_per_s']:,.0f} samples/s, "
+                f"{r['data_wait']:.0%} waiting for data)"
+            )
+    return " | ".join(parts)

@@ -1,0 +1,137 @@
+"""The Trainer on real digits: hooks, logs, resume, NaN, mixed precision."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _train_data import DigitWorker, TinyNet, digit_samples
+
+from crumpets.torch import TorchTurboDataLoader
+from crumpets.train import EVENTS, Trainer
+from crumpets.train.loss import CrossEntropyLoss
+from crumpets.train.metrics import AccuracyMetric
+from crumpets.train.policy import PolyPolicy
+
+
+def make(outdir, epochs=4, seed=0, quiet=True, **kwargs):
+    torch.manual_seed(seed)
+    data = digit_samples(600)
+    train = TorchTurboDataLoader(
+        data[:480], 32, DigitWorker(), 2, device="cpu", shuffle=True, seed=seed
+    )
+    val = TorchTurboDataLoader(data[480:], 60, DigitWorker(), 1, device="cpu", seed=seed)
+    net = TinyNet()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    trainer = Trainer(
+        net,
+        opt,
+        CrossEntropyLoss(target_key="label"),
+        AccuracyMetric(),
+        PolyPolicy(opt, epochs),
+        None,
+        train,
+        val,
+        outdir,
+        quiet=quiet,
+        **kwargs,
+    )
+    return trainer, train, val
+
+
+def test_training_learns_and_logs(tmp_path):
+    trainer, train, val = make(tmp_path, quiet=False)
+    with train, val:
+        history = trainer.train(4)
+    assert history[-1]["val"]["top1_accuracy"] > 0.75  # from 10% at random
+    assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
+    lines = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    epochs = [line for line in lines if line.get("phase") == "train"]
+    assert len(epochs) == 4
+    assert 0 <= epochs[0]["data_wait"] <= 1 and epochs[0]["samples_per_s"] > 0
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == [
+        f"epoch_{e:04d}.pth" for e in range(4)
+    ]
+
+
+def test_hooks_fire_in_order(tmp_path):
+    trainer, train, val = make(tmp_path, snapshot_interval=0)
+    seen = []
+    for name in EVENTS:
+        trainer.add_hook(name, lambda state, _n=name, **kw: seen.append((_n, sorted(kw))))
+    with pytest.raises(ValueError, match="train_begin"):
+        trainer.add_hook("after_lunch", print)
+    with train, val:
+        trainer.train(1)
+    names = [n for n, _ in seen]
+    steps = len(train)
+    assert names == (
+        ["train_begin"]
+        + ["train_pre_forward", "train_forward", "train_backward"] * steps
+        + ["train_end", "val_begin"]
+        + ["val_pre_forward", "val_forward"] * len(val)
+        + ["val_end"]
+    )
+    assert dict(seen)["train_forward"] == ["loss", "metric", "output"]
+    assert dict(seen)["train_pre_forward"] == ["sample"]
+    fun = trainer.hooks["val_end"][0]
+    trainer.remove_hook("val_end", fun)
+    assert trainer.hooks["val_end"] == []
+
+
+def test_resume_after_epoch_k_gives_the_same_weights(tmp_path):
+    straight, train, val = make(tmp_path / "a")
+    with train, val:
+        straight.train(4)
+    first, train, val = make(tmp_path / "b")
+    with train, val:
+        first.train(2)  # as if the run died after epoch 1's snapshot
+    resumed, train, val = make(tmp_path / "b", seed=99)  # seeds come back from the snapshot
+    start = resumed.resume(tmp_path / "b" / "epoch_0001.pth")
+    assert start == 2
+    with train, val:
+        resumed.train(4, start_epoch=start)
+    for a, b in zip(straight.network.state_dict().values(), resumed.network.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_nan_loss_stops_with_the_iteration_and_keeps_the_snapshot(tmp_path):
+    trainer, train, val = make(tmp_path)
+
+    def poison(state, sample):
+        if state["epoch"] == 1 and state["iteration"] == 20:
+            sample["image"][:] = float("nan")
+
+    trainer.add_hook("train_pre_forward", poison)
+    with train, val, pytest.raises(FloatingPointError, match="iteration 20") as info:
+        trainer.train(4)
+    assert "epoch_0000.pth" in str(info.value)
+    assert [p.name for p in tmp_path.glob("*.pth")] == ["epoch_0000.pth"]
+    torch.load(tmp_path / "epoch_0000.pth", weights_only=False)  # still loadable
+
+
+@pytest.mark.parametrize("amp", ["bf16"])
+def test_mixed_precision_and_accumulation(tmp_path, amp):
+    trainer, train, val = make(tmp_path, amp=amp, accumulate=2, snapshot_interval=0)
+    with train, val:
+        history = trainer.train(3)
+    assert history[-1]["val"]["top1_accuracy"] > 0.5  # learns: chance is 0.1
+    with pytest.raises(ValueError, match="amp"):
+        make(tmp_path, amp="fp8")
+
+
+def test_array_metrics_survive_logs_and_resume(tmp_path):
+    from crumpets.train.metrics import CombinedMetric, ConfusionMatrix
+
+    trainer, train, val = make(tmp_path, quiet=False)
+    both = CombinedMetric([AccuracyMetric(), ConfusionMatrix(10, target_key="label")])
+    trainer.metric = trainer.val_metric = both
+    with train, val:
+        history = trainer.train(1)
+    matrix = history[0]["val"]["confusion_matrix"]
+    assert isinstance(matrix, list) and sum(map(sum, matrix)) == 120
+    assert json.loads(open(tmp_path / "log.jsonl").readlines()[-1])["confusion_matrix"] == matrix
+    again, train, val = make(tmp_path)
+    assert again.resume(tmp_path / "epoch_0000.pth") == 1
+    assert again.state["history"][0]["val"]["confusion_matrix"] == matrix
