@@ -40,10 +40,15 @@ def install_local(session: nox.Session, names: list[str], *extra: str) -> None:
 PHOTOS = {"augment": ["scikit-image"], "integration": ["scikit-image"]}
 
 
+def install_demo(session: nox.Session) -> None:
+    # the demo extra needs crumpets-augment, which comes from this repository, not PyPI
+    session.install("-e", "packages/crumpets-augment", "-e", "packages/crumpets-train[demo]")
+
+
 def run_tests(session: nox.Session, name: str) -> None:
     install_local(session, LOCAL[name], *TEST_DEPS, *PHOTOS.get(name, []))
     if name in ("train", "integration"):  # the digits demo is part of their tests
-        session.install("-e", "packages/crumpets-train[demo]")
+        install_demo(session)
     session.run("pytest", f"tests/{name}", *session.posargs)
 
 
@@ -90,7 +95,7 @@ def lint(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The README's first command: train a CNN on real handwritten digits, on the CPU."""
     install_local(session, ["core", "augment", "torch"])
-    session.install("-e", "packages/crumpets-train[demo]")
+    install_demo(session)
     session.run("python", "examples/demo.py", *session.posargs)
 
 

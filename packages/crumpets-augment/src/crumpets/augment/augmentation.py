@@ -314,11 +314,20 @@ def transform_image(
         from source to result pixel coordinates.
     """
     method = cv2.INTER_LINEAR if interp_method is None else int(interp_method)
+    if isinstance(src, np.ndarray):
+        if src.dtype != np.uint8 or src.ndim not in (2, 3):
+            raise ValueError(
+                f"image arrays must be uint8, HxW or HxWxC; got {src.dtype} {src.shape}"
+            )
+    elif not isinstance(src, (bytes, bytearray, memoryview)):
+        raise TypeError(f"image must be encoded bytes or a uint8 array, got {type(src).__name__}")
     source_size = src.shape[:2] if isinstance(src, np.ndarray) else image_size(src)
     if source_size is None:  # neither JPEG nor PNG: decode to learn the size
         src = decode_opencv(src, color)
         src = cv2.cvtColor(src, cv2.COLOR_BGR2RGB) if color else src
         source_size = src.shape[:2]
+    if min(source_size) < 1:
+        raise ValueError(f"image has no pixels: {source_size[0]} x {source_size[1]}")
     matrix = make_transform(
         source_size, size, angle, scale, aspect, shift, hmirror, vmirror, shear, scale_mode
     )

@@ -94,6 +94,10 @@ def check_params(params: dict) -> dict:
     for name in ("noise", "blur", "contrast", "gamma_gray"):
         if params.get(name) is not None:
             _finite(name, params[name], low=-1 if name == "contrast" else 0)
+    if params.get("blur") is not None and params["blur"] > 1:
+        # sigma = blur * width: beyond 1 the image is one colour, and the kernel (and the
+        # time it takes) keeps growing
+        raise ValueError(f"augmentation parameter 'blur' must be in [0, 1], got {params['blur']}")
     if params.get("contrast") is not None and params["contrast"] > 1:
         raise ValueError(
             f"augmentation parameter 'contrast' must be in [-1, 1], got {params['contrast']}"
@@ -117,8 +121,9 @@ def check_params(params: dict) -> dict:
             f"colorspace must be one of {sorted(COLORSPACES)}, got {params['colorspace']!r}"
         )
     supersampling = params.get("supersampling", 0)
-    if not isinstance(supersampling, (int, np.integer)) or supersampling < 0:
-        raise ValueError(f"supersampling must be an int >= 0, got {supersampling!r}")
+    if not isinstance(supersampling, (int, np.integer)) or not 0 <= supersampling <= 8:
+        # k x k samples per pixel: 8 is already 64 and memory grows with k squared
+        raise ValueError(f"supersampling must be an int in [0, 8], got {supersampling!r}")
     return params
 
 
@@ -142,7 +147,7 @@ def _field(sample: dict, key: str) -> Any:
     try:
         return sample[key]
     except KeyError:
-        raise KeyError(f"sample has no {key!r} field; it has {sorted(sample)}") from None
+        raise KeyError(f"sample has no {key!r} field; it has {sorted(sample, key=str)}") from None
 
 
 class ImageWorker(BufferWorker):
@@ -306,12 +311,18 @@ class ClassificationWorker(ImageWorker):
         super().prepare(sample, batch, buffers)
         label = np.asarray(_field(sample, "label"))
         out = buffers["label"]
-        if label.dtype.kind not in "biuf" or label.size != out.size:
+        fits = label.dtype.kind in "biuf" and label.size == out.size
+        if fits:  # the buffer must hold the value exactly (no NaN -> -2**63, no wrap-around)
+            with np.errstate(invalid="ignore", over="ignore"):
+                cast = label.astype(out.dtype)
+            fits = bool(np.array_equal(cast.astype(np.float64), label.astype(np.float64)))
+            fits = fits and (label.dtype.kind != "u" or cast.min(initial=0) >= 0)
+        if not fits:
             raise ValueError(
                 f"label {label.tolist()!r} does not fit label buffer of shape {out.shape} "
                 f"and dtype {out.dtype}"
             )
-        out[...] = label.reshape(out.shape)
+        out[...] = cast.reshape(out.shape)
 
 
 class FCNWorker(ImageWorker):
