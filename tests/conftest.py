@@ -1,5 +1,8 @@
-"""Leak checks for every core test: no child process, /dev/shm entry or zmq ipc socket
-of ours may outlive a test."""
+"""Shared by every package's tests (each nox session runs one folder below this one).
+
+The leak check: no child process, /dev/shm segment or zmq ipc socket of this process may
+outlive a test. Helpers for all folders live beside this file (_leaks.py, _photos.py).
+"""
 
 from __future__ import annotations
 
