@@ -105,5 +105,6 @@ def bench(session: nox.Session) -> None:
     throughput against a torch DataLoader baseline (writes benchmarks/results.md)."""
     install_local(session, ["core", "augment", "torch"], "scikit-image", "albumentations", "psutil")
     session.run("python", "benchmarks/fidelity.py")
+    session.run("python", "benchmarks/profile_worker.py")
     session.run("crumpets", "bench", "--batches", "60", "--samples", "512", *session.posargs)
     session.run("python", "benchmarks/throughput.py")

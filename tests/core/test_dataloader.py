@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from _core_workers import IndexWorker
 
-from crumpets.core import TurboDataLoader, pack
+from crumpets.core import Reader, TurboDataLoader, Writer, pack
 
 N = 103  # not a multiple of any batch size used here: every epoch ends in a partial batch
 
@@ -221,3 +221,28 @@ def test_copied_batches_free_their_buffers():
     with loader:
         kept = [{k: np.array(v) for k, v in mb.items()} for _ in range(3) for _, (mb,) in loader]
     assert sorted(int(i) for b in kept for i in b["index"][:, 0]) == sorted(list(range(N)) * 3)
+
+
+class CountingReader(Reader):
+    """Counts reads in the process that reads."""
+
+    reads = 0
+
+    def __getitem__(self, index):
+        type(self).reads += 1
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_workers_read_dataset_files_themselves(tmp_path, monkeypatch, start_method):
+    from crumpets.core import broker
+
+    monkeypatch.setattr(broker, "START_METHOD", start_method)
+    with Writer(tmp_path / "ds") as writer:
+        for i in range(N):
+            writer.write({"key": str(i), "i": i})
+    reader = CountingReader(tmp_path / "ds")
+    with TurboDataLoader(reader, 10, IndexWorker(), 2, shuffle=True, seed=1) as loader:
+        seen = sorted(int(i) for _, (mb,) in loader for i in mb["index"][:, 0])
+    assert seen == list(range(N))
+    assert CountingReader.reads == 0  # only indices went to the workers

@@ -120,6 +120,9 @@ class Worker(ABC):
         self.daemon = bool(daemon)
         self.gpu_augmentation = bool(gpu_augmentation)
         self.worker_id = 0
+        # Set by the loader for dataset files: the worker reads samples by index itself,
+        # from its own memory map, so only indices cross the socket.
+        self.source: Any = None
         self.work_address: str | None = None
         self.result_address: str | None = None
 
@@ -191,6 +194,8 @@ class Worker(ABC):
                 request = Request(items=[f.buffer for f in frames[1:]], **header)
                 reply = {"seq": request.seq, "slot": request.slot}
                 try:
+                    if not request.items and self.source is not None:
+                        request.items = [self.source[i] for i in request.indices]
                     payload = self.pack(self.process(request))
                 except Exception as exc:
                     reply["error"] = self._describe(exc)
@@ -484,6 +489,8 @@ class Pipeline:
             one, after which their stacks are dumped to stderr and TimeoutError is
             raised; None waits forever.
         poll_interval: seconds between liveness checks while waiting.
+        source: a dataset workers read samples from by index (requests then carry no
+            sample bytes); None sends the bytes.
     """
 
     def __init__(
@@ -495,6 +502,7 @@ class Pipeline:
         gpu_augmentation: bool | None = None,
         stall_timeout: float | None = 300.0,
         poll_interval: float = 1.0,
+        source: Any = None,
     ):
         self.worker_template = worker_template
         self.nworkers = nworkers
@@ -503,6 +511,7 @@ class Pipeline:
         self.gpu_augmentation = gpu_augmentation
         self.stall_timeout = stall_timeout
         self.poll_interval = poll_interval
+        self.source = source
         self.min_seq = 0
         self.in_flight: dict[int, int | None] = {}  # seq -> slot
         self._done: dict[int, tuple[int | None, Any]] = {}
@@ -512,9 +521,9 @@ class Pipeline:
         self.consumer: Consumer | None = None
 
     def start(self) -> None:
-        template = self.worker_template
+        template = copy.copy(self.worker_template)
+        template.source = self.source
         if isinstance(template, BufferWorker):
-            template = copy.copy(template)
             template.set_buffer_manager(self.buffer_manager)
         try:
             if START_METHOD == "fork":

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .broker import Pipeline, Worker
+from .dataset import Reader
 from .shm import DummyBufferManager, SharedBufferManager
 
 __all__ = ["TurboDataLoader"]
@@ -177,6 +178,8 @@ class TurboDataLoader:
         self._epoch_end: int | None = None  # set while an epoch is in progress
         self._seq = 0  # requests sent so far
         self._iterator = None if self.random_access else iter(iterable)
+        # A dataset file is memory-mapped in every worker: send indices, not sample bytes.
+        self._workers_read = isinstance(iterable, Reader)
         self._read_pos = 0  # items taken from a plain iterator
         self._order: tuple[int, np.ndarray] | None = None
         self._generator: Any = None
@@ -252,6 +255,8 @@ class TurboDataLoader:
         return p, self._pass_order(p)[start : start + self.batch_size]
 
     def _items(self, p: int, indices: np.ndarray) -> list:
+        if self._workers_read:
+            return []  # the workers read these indices from their own map of the file
         if self.random_access:
             items = [self.iterable[i] for i in indices.tolist()]
         else:
@@ -299,6 +304,7 @@ class TurboDataLoader:
             manager,
             max_in_flight,
             stall_timeout=self.stall_timeout,
+            source=self.iterable if self._workers_read else None,
         )
         # Runs on stop(), on garbage collection or at interpreter exit, whichever is first.
         self._finalizer = weakref.finalize(self, _shutdown, pipeline, manager, handler)
