@@ -96,7 +96,28 @@ def _like_output(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return target if target.dtype == output.dtype else target.to(output.dtype)
 
 
-class L1Loss(torch.nn.L1Loss):
+class _PairLoss:
+    """forward(sample): the torch loss between ``sample[output_key]`` and
+    ``sample[target_key]`` (converted to the output's dtype)."""
+
+    def __init__(
+        self,
+        output_key: str = "output",
+        target_key: str = "target_image",
+        *,
+        reduction: str = "mean",
+    ):
+        super().__init__(reduction=reduction)  # the torch loss this is mixed into
+        self.output_key = output_key
+        self.target_key = target_key
+
+    def forward(self, sample: dict) -> torch.Tensor:
+        output = get(sample, self.output_key, self)
+        target = get(sample, self.target_key, self)
+        return super().forward(output, _like_output(output, target))
+
+
+class L1Loss(_PairLoss, torch.nn.L1Loss):
     """:class:`torch.nn.L1Loss` between ``sample[output_key]`` and ``sample[target_key]``
     (converted to the output's dtype).
 
@@ -106,24 +127,8 @@ class L1Loss(torch.nn.L1Loss):
         reduction: 'none' | 'mean' | 'sum'.
     """
 
-    def __init__(
-        self,
-        output_key: str = "output",
-        target_key: str = "target_image",
-        *,
-        reduction: str = "mean",
-    ):
-        super().__init__(reduction=reduction)
-        self.output_key = output_key
-        self.target_key = target_key
 
-    def forward(self, sample: dict) -> torch.Tensor:
-        output = get(sample, self.output_key, self)
-        target = get(sample, self.target_key, self)
-        return super().forward(output, _like_output(output, target))
-
-
-class MSELoss(torch.nn.MSELoss):
+class MSELoss(_PairLoss, torch.nn.MSELoss):
     """:class:`torch.nn.MSELoss` between ``sample[output_key]`` and ``sample[target_key]``
     (converted to the output's dtype).
 
@@ -132,22 +137,6 @@ class MSELoss(torch.nn.MSELoss):
         target_key: key of the target tensor.
         reduction: 'none' | 'mean' | 'sum'.
     """
-
-    def __init__(
-        self,
-        output_key: str = "output",
-        target_key: str = "target_image",
-        *,
-        reduction: str = "mean",
-    ):
-        super().__init__(reduction=reduction)
-        self.output_key = output_key
-        self.target_key = target_key
-
-    def forward(self, sample: dict) -> torch.Tensor:
-        output = get(sample, self.output_key, self)
-        target = get(sample, self.target_key, self)
-        return super().forward(output, _like_output(output, target))
 
 
 class LabelSmoothing(torch.nn.Module):
