@@ -70,3 +70,16 @@ class StuckWorker(IndexWorker):
         if sample["i"] == self.stuck_at:
             time.sleep(3600)
         super().prepare(sample, batch, buffers)
+
+
+class EpochZeroFailures(IndexWorker):
+    """Raises ValueError on the given sample indices, in epoch 0 only."""
+
+    def __init__(self, fail_at, **kwargs):
+        super().__init__(**kwargs)
+        self.fail_at = set(fail_at)
+
+    def prepare(self, sample, batch, buffers):
+        if self.epoch == 0 and sample["i"] in self.fail_at:
+            raise ValueError(f"bad sample {sample['i']}")
+        super().prepare(sample, batch, buffers)

@@ -58,6 +58,7 @@ def test_killed_worker_is_reported_within_seconds(how):
         ({"num_mini_batches": 3}, ValueError, "num_mini_batches"),
         ({"worker_template": object()}, TypeError, "worker_template"),
         ({"shared_memory": -1}, ValueError, "shared_memory"),
+        ({"shared_memory": 1}, ValueError, "shared_memory"),
         ({"length": 101}, ValueError, "length"),
         ({"seed": -1}, ValueError, "seed"),
         ({"rank": 2, "world_size": 2}, ValueError, "rank"),
@@ -219,3 +220,31 @@ def test_workers_start_when_stderr_has_no_file_descriptor(capsys):
     # pytest's capsys (like Jupyter) replaces sys.stderr with an object without fileno()
     with TurboDataLoader(SAMPLES, 10, IndexWorker(), 2) as loader:
         assert sum(len(mb["index"]) for _, (mb,) in loader) == 100
+
+
+def test_worker_errors_come_in_batch_order_and_never_leak_into_the_next_epoch():
+    from _core_workers import EpochZeroFailures
+
+    loader = TurboDataLoader(SAMPLES, 10, EpochZeroFailures(fail_at={35, 45}), 2)
+    with loader:
+        delivered = []
+        with pytest.raises(ValueError, match="bad sample 35"):
+            for _, (mb,) in loader:
+                delivered += mb["index"][:, 0].tolist()
+        assert delivered == list(range(30))  # every batch before the failing one, in order
+        # the second failure (batch 4) belonged to the abandoned epoch: it must not surface
+        again = [i for _, (mb,) in loader for i in mb["index"][:, 0].tolist()]
+    assert sorted(again) == list(range(100))
+
+
+def test_plain_iterator_cannot_go_back():
+    import itertools
+
+    loader = TurboDataLoader(itertools.cycle(SAMPLES[:20]), 10, IndexWorker(), 1, length=20)
+    with loader:
+        start = loader.state_dict()
+        assert len([b for b in loader]) == 2
+        loader.load_state_dict(start)
+        with pytest.raises(ValueError, match="cannot go back"):
+            for _ in loader:
+                pass

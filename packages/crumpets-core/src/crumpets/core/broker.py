@@ -193,9 +193,13 @@ class Worker(ABC):
                 header = _unpack_header(frames[0].buffer)
                 request = Request(items=[f.buffer for f in frames[1:]], **header)
                 reply = {"seq": request.seq, "slot": request.slot}
+                self.sample_index, self.epoch = None, request.epoch
                 try:
                     if not request.items and self.source is not None:
-                        request.items = [self.source[i] for i in request.indices]
+                        for index in request.indices:
+                            self.sample_index = index  # names the sample if reading fails
+                            request.items.append(self.source[index])
+                        self.sample_index = None
                     payload = self.pack(self.process(request))
                 except Exception as exc:
                     reply["error"] = self._describe(exc)
@@ -620,7 +624,7 @@ class Pipeline:
         self.min_seq = seq
         for old in [s for s in self._done if s < seq]:
             slot, _ = self._done.pop(old)
-            self.buffer_manager.release(slot)
+            self._release(slot)
 
     def _receive(self) -> None:
         header, payload = self.consumer.retrieve()
@@ -628,13 +632,18 @@ class Pipeline:
             return
         seq = header["seq"]
         slot = self.in_flight.pop(seq, header["slot"])
-        if "error" in header:
-            self.buffer_manager.release(slot)
-            raise _rebuild_error(header["error"])
-        if seq < self.min_seq:
-            self.buffer_manager.release(slot)
+        if seq < self.min_seq:  # an abandoned epoch's result, or error: forget it
+            self._release(slot)
+        elif "error" in header:
+            # raised in sequence order, by result(): batches before it are handed out first
+            self._release(slot)
+            self._done[seq] = (None, _rebuild_error(header["error"]))
         else:
             self._done[seq] = (slot, payload)
+
+    def _release(self, slot: int | None) -> None:
+        if slot is not None:
+            self.buffer_manager.release(slot)
 
     def wait_any(self) -> None:
         """Block until one message arrived and was handled."""
@@ -648,6 +657,8 @@ class Pipeline:
                 raise RuntimeError(f"request {seq} was never submitted")
             self.wait_any()
         slot, payload = self._done.pop(seq)
+        if isinstance(payload, BaseException):
+            raise payload
         lease = None if slot is None else self.buffer_manager.lease(slot)
         return self.buffer_manager.unpack(payload, lease)
 

@@ -144,10 +144,18 @@ class TurboDataLoader:
         self.worker_template = worker_template
         if isinstance(shared_memory, bool) or shared_memory is None:
             self.num_buffers = 2 * self.nworkers if shared_memory else 0
-        elif isinstance(shared_memory, (int, np.integer)) and shared_memory >= 0:
+        elif (
+            isinstance(shared_memory, (int, np.integer))
+            and shared_memory != 1
+            and shared_memory >= 0
+        ):
             self.num_buffers = int(shared_memory)
         else:
-            raise ValueError(f"shared_memory must be a bool or a count >= 0, got {shared_memory!r}")
+            # one buffer set cannot work: a for loop still holds the last batch while it
+            # asks for the next
+            raise ValueError(
+                f"shared_memory must be a bool, 0 or a count >= 2, got {shared_memory!r}"
+            )
 
         self.iterable = iterable
         self.random_access = _random_access(iterable)
@@ -261,6 +269,11 @@ class TurboDataLoader:
             items = [self.iterable[i] for i in indices.tolist()]
         else:
             pos = p * self.length + int(indices[0])
+            if pos < self._read_pos:
+                raise ValueError(
+                    f"a plain iterator cannot go back to item {pos} (item {self._read_pos} "
+                    "was read already); load a state into a new loader with a new iterator"
+                )
             while self._read_pos < pos:  # skip what an abandoned epoch or a resume passed
                 self._next_item(p)
             items = [self._next_item(p) for _ in indices]
@@ -326,13 +339,15 @@ class TurboDataLoader:
 
     def stop(self) -> None:
         """Stop the processing pipeline: workers, sockets and shared memory."""
-        if self._generator is not None:
-            self._generator.close()
-            self._generator = None
-        self._pipeline = None
-        if self._finalizer is not None:
-            self._finalizer()
-            self._finalizer = None
+        try:
+            if self._generator is not None:
+                generator, self._generator = self._generator, None
+                generator.close()
+        finally:
+            self._pipeline = None
+            if self._finalizer is not None:
+                self._finalizer()
+                self._finalizer = None
 
     @property
     def buffer_manager(self) -> Any:
@@ -419,7 +434,12 @@ class TurboDataLoader:
 
     # -- resuming -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Position of the loader: load it into a new loader to continue from here."""
+        """Position of the loader: load it into a new loader to continue from here.
+
+        Take it inside the loop or between epochs. Taken after leaving a loop early, it
+        still points into the abandoned epoch (a loader loaded from it finishes that
+        epoch), while the next ``for`` loop on this loader starts the next epoch.
+        """
         return {
             "iteration": self._iteration,
             "cursor": self._cursor,

@@ -16,10 +16,9 @@ import collections
 import errno
 import os
 import shutil
-import sys
 import uuid
 import weakref
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 from typing import Any
 
 import msgpack
@@ -255,11 +254,10 @@ class SharedBufferManager(_BufferManagerBase):
     def __setstate__(self, state: dict) -> None:
         name = state.pop("name")
         self.__dict__.update(state)
+        # Attaching registers the name with the resource tracker again (bpo-39959). The
+        # tracker is the parent's, so that is harmless; unregistering here would remove
+        # the parent's entry and the cleanup it gives if the parent is killed.
         self._shm = shared_memory.SharedMemory(name=name)
-        if sys.version_info < (3, 13):
-            # Attaching registers the segment with the resource tracker as if this
-            # process owned it (bpo-39959); only the creator may unlink it.
-            resource_tracker.unregister(self._shm._name, "shared_memory")  # type: ignore[attr-defined]
         self._map()
         self._free = collections.deque()
 

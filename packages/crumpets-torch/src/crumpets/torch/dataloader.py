@@ -119,8 +119,8 @@ class TorchTurboDataLoader(TurboDataLoader):
         stream = self._streams.get(device)
         if stream is None:
             stream = self._streams[device] = torch.cuda.Stream(device)
+        # The host slot is safe: it is reused only after this copy's event (_transfers).
         current = torch.cuda.current_stream(device)
-        stream.wait_stream(current)  # the buffers' earlier users are done with them
         with torch.cuda.stream(stream):
             moved = {
                 k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
@@ -155,7 +155,14 @@ class TorchTurboDataLoader(TurboDataLoader):
         event.synchronize()
         return True
 
+    def start(self) -> None:
+        super().start()
+        if isinstance(self.buffer_manager, SharedTensorManager):
+            self.buffer_manager.pin()  # after the workers are forked
+
     def stop(self) -> None:
-        while self._transfers:
-            self._release_transfers()
-        super().stop()
+        try:
+            while self._transfers:
+                self._release_transfers()
+        finally:
+            super().stop()

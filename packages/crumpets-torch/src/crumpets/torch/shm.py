@@ -24,9 +24,12 @@ def to_torch(obj: Any) -> Any:
     return obj
 
 
+CUDA_HOST_REGISTER_PORTABLE = 1  # pinned for every CUDA context, i.e. every device
+
+
 def pin(address: int, nbytes: int) -> None:
     """Page-lock host memory so CUDA copies from it run asynchronously (DMA)."""
-    err = torch.cuda.cudart().cudaHostRegister(address, nbytes, 0)
+    err = torch.cuda.cudart().cudaHostRegister(address, nbytes, CUDA_HOST_REGISTER_PORTABLE)
     if int(err) != 0:
         raise RuntimeError(
             f"cudaHostRegister of {nbytes:,} bytes failed with CUDA error {int(err)}"
@@ -44,8 +47,9 @@ def _wants_pinning(device: Any) -> bool:
 class SharedTensorManager(SharedBufferManager):
     """SharedBufferManager whose batches are torch tensors on the shared memory.
 
-    For a CUDA device the whole segment is registered as pinned memory once, so copies
-    to the GPU need no staging copy and can overlap computation.
+    For a CUDA device the whole segment is registered as pinned memory once (:meth:`pin`,
+    after the workers are forked: a driver may keep registered pages from forked children),
+    so copies to the GPU need no staging copy and can overlap computation.
 
     Args:
         num_buffers, batch_size, buffer_specs: see SharedBufferManager.
@@ -56,15 +60,21 @@ class SharedTensorManager(SharedBufferManager):
         self, num_buffers: int, batch_size: int, buffer_specs: dict, device: Any = "cuda:0"
     ):
         super().__init__(num_buffers, batch_size, buffer_specs)
-        self.pinned = _wants_pinning(device)
-        if self.pinned:
+        self.device = device
+        self.pinned = False
+
+    def pin(self) -> None:
+        """Register the segment as pinned memory, if batches go to a CUDA device."""
+        if not self.pinned and _wants_pinning(self.device):
             pin(self._base, self.nbytes)
+            self.pinned = True
 
     def unpack(self, data: Any, lease: Any = None) -> Any:
         return to_torch(super().unpack(data, lease))
 
     def close(self) -> None:
         if getattr(self, "pinned", False) and "_shm" in self.__dict__:
+            torch.cuda.synchronize()  # no copy may still be reading the pages
             unpin(self._base)
             self.pinned = False
         super().close()
