@@ -8,26 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from test_rng import CONTRACT_KEYS  # the parameter contract, written out once
 
 from crumpets.augment import presets
 from crumpets.augment import rng as R
-
-CONTRACT_KEYS = {
-    "angle",
-    "scale",
-    "aspect",
-    "shift",
-    "hmirror",
-    "vmirror",
-    "shear",
-    "interp_method",
-    "gamma_gray",
-    "gamma_color",
-    "contrast",
-    "noise",
-    "blur",
-    "noise_seed",
-}
 
 
 @pytest.mark.parametrize("name", ["AUGMENTATION_TRAIN", "AUGMENTATION_ALL"])

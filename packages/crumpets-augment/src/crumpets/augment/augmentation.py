@@ -235,7 +235,7 @@ def _warp(
 
 
 def _prepare_source(
-    src: Any, color: bool, matrix: np.ndarray, method: int
+    src: Any, color: bool, matrix: np.ndarray, method: int, size: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Decode (or take) the source, reduced toward the target's scale.
 
@@ -247,7 +247,8 @@ def _prepare_source(
         im, bgr, reduce = src, False, 1
     else:
         data = bytes(src) if not isinstance(src, bytes) else src
-        size = image_size(data)
+        if size is None:  # callers that parsed the header pass its size
+            size = image_size(data)
         if size is not None and data[:2] == b"\xff\xd8" and not nearest and largest > 0:
             h, w = size
             need = (math.ceil(h * largest), math.ceil(w * largest))
@@ -331,7 +332,7 @@ def transform_image(
     matrix = make_transform(
         source_size, size, angle, scale, aspect, shift, hmirror, vmirror, shear, scale_mode
     )
-    im, pixel_matrix, bgr = _prepare_source(src, color, matrix, method)
+    im, pixel_matrix, bgr = _prepare_source(src, color, matrix, method, tuple(source_size))
     im = _as_color(im, color, bgr)
     bgr = bgr and color
     if color and not isinstance(background, (int, float)):

@@ -267,7 +267,7 @@ def add_noise_rgb(
     Args:
         im: uint8 image, HxWx3 (RGB or BGR) or gray (HxW, HxWx1).
         strength: noise strength >= 0; 0 or None leaves the image unchanged.
-        seed: seed of the ``np.random.default_rng`` that draws the noise.
+        seed: places the noise pattern (a window of a fixed table of normal samples).
         out: optional array of the same shape and dtype to write into; may be ``im``.
 
     Returns:
@@ -302,7 +302,7 @@ def add_noise_other(
     Args:
         im: uint8 image, HxWx3 or gray (HxW, HxWx1).
         strength: noise strength >= 0; 0 or None leaves the image unchanged.
-        seed: seed of the ``np.random.default_rng`` that draws the noise.
+        seed: places the noise pattern (a window of a fixed table of normal samples).
         out: optional array of the same shape and dtype to write into; may be ``im``.
 
     Returns:

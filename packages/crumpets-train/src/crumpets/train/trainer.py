@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from crumpets.core.logging import JSONLogger, SilentLogger, make_printer
+from crumpets.core.logging import print as tqdm_print
 from crumpets.torch.utils import ParallelApply
 
 from . import snapshot as snapshots
@@ -279,8 +280,6 @@ class Trainer:
         lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.logger.info(event="epoch", epoch=epoch, lr=lrs)
         if not self.quiet:
-            from crumpets.core.logging import print as tqdm_print
-
             tqdm_print(f"epoch {epoch}: lr {', '.join(f'{lr:.3g}' for lr in lrs)}")
 
     def train(self, num_epochs: int, start_epoch: int = 0) -> list[dict]:
@@ -299,8 +298,6 @@ class Trainer:
                 self.logger.info(**record["val"])
             self.state["history"].append(record)
             if not self.quiet:
-                from crumpets.core.logging import print as tqdm_print
-
                 tqdm_print(_summary(record))
             if self.snapshot_interval and (epoch + 1) % self.snapshot_interval == 0:
                 self.snapshot(epoch)
