@@ -9,6 +9,7 @@ from _photos import encode, photo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crumpets.augment import augmentation_cpu as K
 from crumpets.augment.augmentation import (
     calc_scale_ratio,
     decode_image,
@@ -187,3 +188,67 @@ def test_randomize_image_keeps_channel_order_and_pixel_ops():
     assert abs(rgb[:, :, 2].mean() - plain[:, :, 2].mean()) < 0.5
     skipped = randomize_image(im, (100, 100), gamma_color=(0.5, 1, 1), gpu_augmentation=True)
     np.testing.assert_array_equal(skipped, plain)
+
+
+PIXEL_OPS = dict(gamma_gray=0.8, gamma_color=(1.2, 0.9, 1.1), contrast=0.3, blur=1.5 / 120)
+
+
+@pytest.mark.parametrize("color", [True, False])
+def test_pixel_ops_equal_the_kernels_applied_in_order(color):
+    data = encode(photo("chelsea"))
+    geometry = dict(angle=7.0, scale=1.1, shear=0.03, hmirror=True)
+    plain, _ = transform_image(data, (96, 120), color=color, **geometry)
+    out, _ = transform_image(
+        data, (96, 120), color=color, noise=0.05, noise_seed=77, **geometry, **PIXEL_OPS
+    )
+    expected = K.add_gamma(plain, color, 0.8, (1.2, 0.9, 1.1), 0.3)
+    expected = K.add_blur(expected, 1.5)
+    expected = (K.add_noise_rgb if color else K.add_noise_other)(expected, 0.05, 77)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("color", [True, False])
+def test_out_receives_the_result_as_planes(color):
+    data = encode(photo("astronaut"))
+    params = dict(angle=-4.0, noise=0.03, noise_seed=5, **PIXEL_OPS)
+    image, matrix = transform_image(data, (64, 80), color=color, **params)
+    out = np.zeros((3 if color else 1, 64, 80), np.uint8)
+    result, same_matrix = transform_image(data, (64, 80), color=color, out=out, **params)
+    assert result is out
+    np.testing.assert_array_equal(same_matrix, matrix)
+    planes = image.transpose(2, 0, 1) if color else image[None]
+    np.testing.assert_array_equal(out, planes)
+
+
+@pytest.mark.parametrize(
+    "out",
+    [
+        np.zeros((3, 64, 81), np.uint8),
+        np.zeros((1, 64, 80), np.uint8),
+        np.zeros((3, 64, 80), np.float32),
+        np.zeros((64, 80, 3), np.uint8),
+        np.zeros((3, 64, 160), np.uint8)[:, :, ::2],
+    ],
+    ids=["size", "channels", "dtype", "hwc", "strided"],
+)
+def test_out_must_fit(out):
+    with pytest.raises(ValueError, match="out must be"):
+        transform_image(photo("astronaut"), (64, 80), out=out)
+
+
+@pytest.mark.parametrize("color", [True, False])
+def test_a_number_as_background_fills_every_channel(color):
+    im = photo("coffee")  # wider than tall: 'longest' leaves bands above and below
+    out, _ = transform_image(im, (100, 100), color=color, scale_mode="longest", background=128)
+    band = out[:10].reshape(-1, 3 if color else 1)
+    assert (band == 128).all()
+
+
+def test_background_needs_one_value_per_channel():
+    with pytest.raises(ValueError, match="background"):
+        transform_image(photo("coffee"), (50, 50), background=(1, 2))
+
+
+def test_image_arrays_need_one_or_three_channels():
+    with pytest.raises(ValueError, match="HxWx3"):
+        transform_image(np.zeros((20, 20, 4), np.uint8), (10, 10))

@@ -25,7 +25,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .augmentation_cpu import add_blur, add_gamma, add_noise_other, add_noise_rgb
+from .augmentation_cpu import (
+    blur_planes,
+    check_sigma,
+    gamma_planes,
+    gamma_table,
+    noise_planes,
+    sensor_sigmas,
+)
 
 __all__ = [
     "SCALE_MODES",
@@ -124,14 +131,18 @@ def decode_image(
         (image, factor): BGR or gray pixels, and the reduction factor used (1, 2, 4, 8).
     """
     size = image_size(data) if data[:2] == b"\xff\xd8" else None
-    factor = 1
-    if size is not None:
-        h, w = size
-        for f in (8, 4, 2):
-            if -(-h // f) >= min_height and -(-w // f) >= min_width:
-                factor = f
-                break
+    factor = 1 if size is None else _reduction(size, min_height, min_width)
     return decode_opencv(data, color, factor), factor
+
+
+def _reduction(size: tuple[int, int], min_height: int, min_width: int) -> int:
+    """The largest JPEG reduction (8, 4, 2, else 1) that keeps a (height, width) image at
+    least min_height x min_width (libjpeg rounds reduced sizes up)."""
+    h, w = size
+    for f in (8, 4, 2):
+        if -(-h // f) >= min_height and -(-w // f) >= min_width:
+            return f
+    return 1
 
 
 # -- geometry -----------------------------------------------------------------------------
@@ -175,17 +186,23 @@ def make_transform(
     s = calc_scale_ratio(source_size, target_size, scale, scale_mode)
     a = math.sqrt(aspect)
     sx, sy = s * a, s / a
-    stretch = np.array([[-sx if hmirror else sx, 0.0], [0.0, -sy if vmirror else sy]])
-    tilt = np.array([[1.0, 0.0], [shear or 0.0, 1.0]])
+    mx, my = -sx if hmirror else sx, -sy if vmirror else sy
+    k = shear or 0.0
     rad = math.radians(angle)
     c, si = math.cos(rad), math.sin(rad)
-    rotate = np.array([[c, si], [-si, c]])  # counter-clockwise on screen (y points down)
-    linear = rotate @ tilt @ stretch
+    # rotate @ tilt @ stretch, written out (small numpy matrices cost more than the sums):
+    # rotate = [[c, si], [-si, c]] (counter-clockwise on screen, y points down),
+    # tilt = [[1, 0], [k, 1]], stretch = [[mx, 0], [0, my]]
+    l00, l01 = (c + si * k) * mx, si * my
+    l10, l11 = (c * k - si) * mx, c * my
     dx, dy = (0.0, 0.0) if shift is None else shift
-    offset = np.array([-dx * abs(w * sx - tw) / 2, -dy * abs(h * sy - th) / 2])
-    centre_src = np.array([(w - 1) / 2, (h - 1) / 2])
-    centre_dst = np.array([(tw - 1) / 2, (th - 1) / 2])
-    return np.hstack([linear, (centre_dst + offset - linear @ centre_src)[:, None]])
+    # the source centre goes to the target centre, moved by the shift
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    ox = (tw - 1) / 2 - dx * abs(w * sx - tw) / 2
+    oy = (th - 1) / 2 - dy * abs(h * sy - th) / 2
+    return np.array(
+        [[l00, l01, ox - (l00 * cx + l01 * cy)], [l10, l11, oy - (l10 * cx + l11 * cy)]]
+    )
 
 
 def _then(matrix: np.ndarray, fx: float, fy: float) -> np.ndarray:
@@ -208,8 +225,9 @@ def _warp(
     matrix: np.ndarray,
     target_size: tuple[int, int],
     method: int,
-    background: Any,
+    border: tuple[float, ...],
     supersampling: int,
+    dst: np.ndarray | None = None,
 ) -> np.ndarray:
     """One warpAffine to target_size, supersampled k x k where downscaling would alias."""
     th, tw = target_size
@@ -221,17 +239,32 @@ def _warp(
             1 if smallest >= 0.5 or not smallest else min(_MAX_SUPERSAMPLING, round(1 / smallest))
         )
     k = 1 if method == cv2.INTER_NEAREST else supersampling
-    border = background if isinstance(background, (int, float)) else tuple(background)
     if k == 1:
         return cv2.warpAffine(
-            im, matrix, (tw, th), flags=method, borderMode=cv2.BORDER_CONSTANT, borderValue=border
+            im,
+            matrix,
+            (tw, th),
+            dst=dst,
+            flags=method,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=border,
         )
     # a target pixel averages a k x k block whose centres are k*x + (k-1)/2
     up = np.array([[k, 0.0, (k - 1) / 2], [0.0, k, (k - 1) / 2]]) @ np.vstack([matrix, [0, 0, 1]])
     big = cv2.warpAffine(
         im, up, (tw * k, th * k), flags=method, borderMode=cv2.BORDER_CONSTANT, borderValue=border
     )
-    return cv2.resize(big, (tw, th), interpolation=cv2.INTER_AREA)
+    return cv2.resize(big, (tw, th), dst=dst, interpolation=cv2.INTER_AREA)
+
+
+def _fill(background: Any, channels: int) -> tuple[float, ...]:
+    """The background as one value per channel (a single number fills every channel)."""
+    values = list(background) if isinstance(background, (list, tuple, np.ndarray)) else [background]
+    if len(values) == 1:
+        values *= channels
+    if len(values) != channels:
+        raise ValueError(f"background needs 1 or {channels} values, got {background!r}")
+    return tuple(float(v) for v in values)
 
 
 def _prepare_source(
@@ -251,8 +284,8 @@ def _prepare_source(
             size = image_size(data)
         if size is not None and data[:2] == b"\xff\xd8" and not nearest and largest > 0:
             h, w = size
-            need = (math.ceil(h * largest), math.ceil(w * largest))
-            im, reduce = decode_image(data, color, *need)
+            reduce = _reduction(size, math.ceil(h * largest), math.ceil(w * largest))
+            im = decode_opencv(data, color, reduce)
         else:
             im, reduce = decode_opencv(data, color), 1
         bgr = im.ndim == 3
@@ -267,14 +300,20 @@ def _prepare_source(
     return im, matrix, bgr
 
 
-def _as_color(im: np.ndarray, color: bool, bgr: bool) -> np.ndarray:
+def _gray(im: np.ndarray, bgr: bool) -> np.ndarray:
     if im.ndim == 3 and im.shape[2] == 1:
-        im = im[:, :, 0]
-    if color and im.ndim == 2:
-        return cv2.cvtColor(im, cv2.COLOR_GRAY2BGR)
-    if not color and im.ndim == 3:
+        return im[:, :, 0]
+    if im.ndim == 3:
         return cv2.cvtColor(im, cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
     return im
+
+
+def _rgba(im: np.ndarray, bgr: bool) -> np.ndarray:
+    # warpAffine has SIMD paths for 1 and 4 channels: warping RGBA costs less than half of
+    # warping RGB, far more than this conversion of the (already reduced) source.
+    if im.ndim == 2 or im.shape[2] == 1:
+        return cv2.cvtColor(im, cv2.COLOR_GRAY2RGBA)
+    return cv2.cvtColor(im, cv2.COLOR_BGR2RGBA if bgr else cv2.COLOR_RGB2RGBA)
 
 
 def transform_image(
@@ -299,6 +338,7 @@ def transform_image(
     scale_mode: str = "shortest",
     supersampling: int = 0,
     skip: frozenset[str] = frozenset(),
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode (if bytes), warp and apply pixel operations; the workers' workhorse.
 
@@ -308,17 +348,19 @@ def transform_image(
         color: 3-channel RGB result if True, else gray.
         background: fill for areas without image data, a number or (r, g, b).
         skip: pixel operations left to the GPU: any of 'gamma', 'blur', 'noise'.
+        out: optional C-contiguous uint8 array (C, H, W), C 3 if ``color`` else 1, to
+            write the result into as planes (a worker's buffer).
         others: see :func:`randomize_image`.
 
     Returns:
-        (image, matrix): the RGB (HxWx3) or gray (HxW) uint8 result and the 2x3 matrix
-        from source to result pixel coordinates.
+        (image, matrix): the result, RGB (HxWx3) or gray (HxW) uint8, or ``out`` when
+        given; and the 2x3 matrix from source to result pixel coordinates.
     """
     method = cv2.INTER_LINEAR if interp_method is None else int(interp_method)
     if isinstance(src, np.ndarray):
-        if src.dtype != np.uint8 or src.ndim not in (2, 3):
+        if src.dtype != np.uint8 or not (src.ndim == 2 or src.ndim == 3 and src.shape[2] in (1, 3)):
             raise ValueError(
-                f"image arrays must be uint8, HxW or HxWxC; got {src.dtype} {src.shape}"
+                f"image arrays must be uint8, HxW, HxWx1 or HxWx3; got {src.dtype} {src.shape}"
             )
     elif not isinstance(src, (bytes, bytearray, memoryview)):
         raise TypeError(f"image must be encoded bytes or a uint8 array, got {type(src).__name__}")
@@ -332,25 +374,41 @@ def transform_image(
     matrix = make_transform(
         source_size, size, angle, scale, aspect, shift, hmirror, vmirror, shear, scale_mode
     )
+    channels = 3 if color else 1
+    th, tw = size
+    if out is None:
+        result = np.empty((channels, th, tw), np.uint8)
+    elif (
+        not isinstance(out, np.ndarray)
+        or out.shape != (channels, th, tw)
+        or out.dtype != np.uint8
+        or not out.flags.c_contiguous
+    ):
+        shape = getattr(out, "shape", None)
+        raise ValueError(
+            f"out must be a C-contiguous uint8 array of shape {(channels, th, tw)}, got {shape}"
+        )
+    else:
+        result = out
+    fill = _fill(background, channels)
     im, pixel_matrix, bgr = _prepare_source(src, color, matrix, method, tuple(source_size))
-    im = _as_color(im, color, bgr)
-    bgr = bgr and color
-    if color and not isinstance(background, (int, float)):
-        background = tuple(background)[::-1] if bgr else tuple(background)
-    out = _warp(im, pixel_matrix, size, method, background, supersampling)
-    if "gamma" not in skip and (gamma_gray, gamma_color, contrast) != (None, None, None):
-        channel_gammas = None if gamma_color is None else list(gamma_color)
-        if bgr and channel_gammas is not None:
-            channel_gammas = channel_gammas[::-1]  # given as (r, g, b)
-        out = add_gamma(out, color, gamma_gray, channel_gammas, contrast, out=out)
+    planes = list(result)  # contiguous (H, W) views: every pixel operation runs per plane
+    if color:
+        warped = _warp(_rgba(im, bgr), pixel_matrix, size, method, (*fill, 0.0), supersampling)
+        cv2.mixChannels([warped], planes, [0, 0, 1, 1, 2, 2])
+    else:
+        _warp(_gray(im, bgr), pixel_matrix, size, method, fill, supersampling, dst=planes[0])
+    if "gamma" not in skip and (
+        gamma_gray is not None or contrast or (color and gamma_color is not None)
+    ):
+        gamma_planes(planes, gamma_table(color, gamma_gray, gamma_color, contrast, channels))
     if "blur" not in skip and blur:
-        out = add_blur(out, blur * size[1], out=out)
+        blur_planes(planes, check_sigma(blur * tw))
     if "noise" not in skip and noise:
-        add = add_noise_rgb if color else add_noise_other
-        out = add(out, noise, noise_seed, out=out)
-    if bgr:
-        out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
-    return out, matrix
+        noise_planes(planes, sensor_sigmas(noise, channels), noise_seed)
+    if out is not None:
+        return out, matrix
+    return (cv2.merge(planes) if color else planes[0]), matrix
 
 
 def rotate_and_resize(

@@ -134,6 +134,8 @@ def _gpu_ops() -> frozenset[str]:
 
 
 def _plain(value: Any) -> Any:
+    if type(value) in (float, int, bool, str, type(None)):
+        return value
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
@@ -226,15 +228,23 @@ class ImageWorker(BufferWorker):
         }
         background = params.get("background", fill)
         skip = _gpu_ops() if self.gpu_augmentation else frozenset()
+        convert = COLORSPACES[colorspace]
+        # RGB and gray go straight into a uint8 buffer's planes; the rest is converted
+        # from an RGB image.
+        direct = convert is None and out.dtype == np.uint8 and out.flags.c_contiguous
         result, matrix = transform_image(
-            im, (height, width), color=channels == 3, background=background, skip=skip, **args
+            im,
+            (height, width),
+            color=channels == 3,
+            background=background,
+            skip=skip,
+            out=out if direct else None,
+            **args,
         )
-        if COLORSPACES[colorspace] is not None:
-            result = cv2.cvtColor(result, COLORSPACES[colorspace])
-        if channels == 3:
-            out[...] = result.transpose(2, 0, 1)
-        else:
-            out[0] = result
+        if not direct:
+            if convert is not None:
+                result = cv2.cvtColor(result, convert)
+            out[...] = result.transpose(2, 0, 1) if channels == 3 else result
         used = {k: _plain(v) for k, v in params.items()}
         used["transform"] = matrix.tolist()
         used["gpu_ops"] = sorted(skip)  # what the GPU Randomizer still has to apply
@@ -309,8 +319,15 @@ class ClassificationWorker(ImageWorker):
 
     def prepare(self, sample: dict, batch: dict, buffers: dict) -> None:
         super().prepare(sample, batch, buffers)
-        label = np.asarray(_field(sample, "label"))
+        label = _field(sample, "label")
         out = buffers["label"]
+        if type(label) is int and out.size == 1 and out.dtype.kind in "iu":
+            # the usual class index: a range check instead of the general conversion below
+            info = np.iinfo(out.dtype)
+            if info.min <= label <= info.max:
+                out.flat[0] = label
+                return
+        label = np.asarray(label)
         fits = label.dtype.kind in "biuf" and label.size == out.size
         if fits:  # the buffer must hold the value exactly (no NaN -> -2**63, no wrap-around)
             with np.errstate(invalid="ignore", over="ignore"):
