@@ -18,6 +18,7 @@ import skimage.data
 
 from crumpets.augment import ClassificationWorker
 from crumpets.augment.presets import AUGMENTATION_TRAIN, INPUT_PARAMS_TRAIN
+from crumpets.core.broker import keep_freed_memory
 
 
 def photos(n: int = 200) -> list[bytes]:
@@ -32,7 +33,9 @@ def photos(n: int = 200) -> list[bytes]:
 
 
 def main() -> None:
+    # as in a worker process: one OpenCV thread, freed memory kept for the next image
     cv2.setNumThreads(1)
+    keep_freed_memory()
     jpgs = photos()
     worker = ClassificationWorker(
         ((3, 224, 224), np.uint8),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 
@@ -82,4 +83,25 @@ class EpochZeroFailures(IndexWorker):
     def prepare(self, sample, batch, buffers):
         if self.epoch == 0 and sample["i"] in self.fail_at:
             raise ValueError(f"bad sample {sample['i']}")
+        super().prepare(sample, batch, buffers)
+
+
+def churn_memory() -> None:
+    """What an image worker does to malloc per sample: a few MB of short-lived blocks of
+    some hundred KB each (after one larger block set glibc's adaptive threshold)."""
+    blocks = [np.ones(700_000, np.uint8) for _ in range(4)]
+    del blocks
+
+
+class MemoryChurnWorker(IndexWorker):
+    """Churns memory for each sample and records the page faults that cost."""
+
+    def init(self):
+        np.ones(800_000, np.uint8)
+        churn_memory()
+
+    def prepare(self, sample, batch, buffers):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        churn_memory()
+        batch["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         super().prepare(sample, batch, buffers)

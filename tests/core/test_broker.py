@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from _core_workers import IndexWorker
+from _core_workers import IndexWorker, MemoryChurnWorker
 
 from crumpets.core import TurboDataLoader, broker, pack
 from crumpets.core.broker import make_buffer, make_bufferspec, make_fill_value
@@ -48,3 +51,42 @@ def test_spawn_and_tcp_path_used_off_linux(monkeypatch):
     with TurboDataLoader(data, 5, IndexWorker(), 2, shuffle=True, seed=2) as loader:
         seen = sorted(i for _, (mb,) in loader for i in mb["index"][:, 0])
     assert seen == list(range(23))
+
+
+CHURN = """
+import resource, sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+from _core_workers import churn_memory
+from crumpets.core.broker import keep_freed_memory
+if {keep}:
+    keep_freed_memory()
+np.ones(800_000, np.uint8)
+churn_memory()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    churn_memory()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc is what is tuned")
+def test_keep_freed_memory_stops_page_faults_per_sample():
+    def faults(keep: bool) -> float:
+        code = CHURN.format(tests=os.path.dirname(__file__), keep=keep)
+        return float(subprocess.check_output([sys.executable, "-c", code], text=True))
+
+    # glibc's default: every round faults its ~2.8 MB in again (~700 pages)
+    assert faults(keep=False) > 300
+    assert faults(keep=True) < 10
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc is what is tuned")
+def test_workers_keep_freed_memory(monkeypatch):
+    # spawned, so the worker starts with a fresh malloc, not a copy of this process's
+    monkeypatch.setattr(broker, "START_METHOD", "spawn")
+    data = [pack({"i": i}) for i in range(40)]
+    with TurboDataLoader(data, 10, MemoryChurnWorker(), 1) as loader:
+        faults = [f for _, (mb,) in loader for f in mb["faults"]]
+    assert len(faults) == 40
+    assert sorted(faults)[20] < 10

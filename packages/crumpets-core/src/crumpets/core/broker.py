@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import faulthandler
 import gc
 import math
@@ -52,10 +53,36 @@ __all__ = [
     "SharedBufferManager",
     "Worker",
     "WorkerError",
+    "keep_freed_memory",
     "make_buffer",
     "make_bufferspec",
     "make_fill_value",
 ]
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory(limit: int = 32 << 20) -> None:
+    """Let this process's malloc keep up to ``limit`` bytes of freed memory (glibc; a no-op
+    elsewhere). Worker processes call it when they start.
+
+    glibc gives blocks above a (self-adjusting) threshold back to the kernel when they are
+    freed, and trims the heap's free top above twice that threshold. A worker that makes
+    a few MB of temporaries per sample (decoded pixels and their copies) then page-faults
+    all of them in again for every sample: measured on an image worker in a fresh process,
+    about 550 page faults and 2.0 instead of 1.05 ms per image. Kept memory is reused by
+    the next sample; the idle part stays below ``limit``, and larger blocks still go back.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    mallopt(_M_MMAP_THRESHOLD, limit)
+    mallopt(_M_TRIM_THRESHOLD, limit)
+
 
 # Fork starts workers in milliseconds with the template already in memory; workers are
 # forked before the parent creates its zmq context, so no zmq thread is forked. Where
@@ -161,6 +188,7 @@ class Worker(ABC):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         setprocname(f"crumpets-w{self.worker_id}")
+        keep_freed_memory()
         try:
             # The main process sends SIGUSR1 to a worker that stalls: its stack goes to
             # stderr. File descriptor 2, as sys.stderr may have none (pytest, Jupyter).
