@@ -76,6 +76,7 @@ def _finite(name: str, value: Any, low: float = -math.inf, positive: bool = Fals
 
 # What prepare_image reports besides the parameters; ignored when fed back as params.
 OUTPUT_KEYS = frozenset({"transform", "gpu_ops"})
+_NOT_TRANSFORM_ARGS = frozenset({"colorspace", "background", *OUTPUT_KEYS})
 
 
 def check_params(params: dict) -> dict:
@@ -223,9 +224,7 @@ class ImageWorker(BufferWorker):
             raise ValueError(
                 f"colorspace {colorspace!r} does not fit buffer {key!r} of shape {shape}"
             )
-        args = {
-            k: v for k, v in params.items() if k not in {"colorspace", "background", *OUTPUT_KEYS}
-        }
+        args = {k: v for k, v in params.items() if k not in _NOT_TRANSFORM_ARGS}
         background = params.get("background", fill)
         skip = _gpu_ops() if self.gpu_augmentation else frozenset()
         convert = COLORSPACES[colorspace]
