@@ -1,6 +1,7 @@
 """Where a worker's time goes: one ClassificationWorker + AUGMENTATION_TRAIN in this
 process (single-threaded OpenCV) on 200 JPEGs of about 500x375 cut from scikit-image's
-photos, against the ceiling (decode + one warpAffine), then cProfile's top entries.
+photos, against the ceiling (decode + one warpAffine), one warp of 3 against 4 channels,
+then cProfile's top entries.
 
 Run: python benchmarks/profile_worker.py   (part of nox -s bench)
 """
@@ -55,7 +56,22 @@ def main() -> None:
         for data in jpgs:
             cv2.warpAffine(cv2.imdecode(np.frombuffer(data, np.uint8), 1), matrix, (224, 224))
 
-    for name, fun in (("crumpets worker", augment), ("ceiling", ceiling)):
+    decoded = [cv2.imdecode(np.frombuffer(data, np.uint8), 1) for data in jpgs]
+    rgba = [cv2.cvtColor(im, cv2.COLOR_BGR2RGBA) for im in decoded]
+
+    def warp(images: list[np.ndarray]) -> None:
+        matrix = np.array([[0.6, 0.0, 0.0], [0.0, 0.6, 0.0]])
+        for im in images:
+            cv2.warpAffine(im, matrix, (224, 224))
+
+    runs = (
+        ("crumpets worker", augment),
+        ("ceiling", ceiling),
+        # why workers warp RGBA: OpenCV has SIMD paths for 1 and 4 channels, not for 3
+        ("warpAffine of the decoded BGR", lambda: warp(decoded)),
+        ("warpAffine of the same as RGBA", lambda: warp(rgba)),
+    )
+    for name, fun in runs:
         fun()  # warm up
         times = []
         for _ in range(5):
