@@ -16,6 +16,7 @@ from crumpets.augment.augmentation import (
     image_size,
     make_transform,
     randomize_image,
+    rotate_and_resize,
     transform_image,
 )
 
@@ -252,3 +253,11 @@ def test_background_needs_one_value_per_channel():
 def test_image_arrays_need_one_or_three_channels():
     with pytest.raises(ValueError, match="HxWx3"):
         transform_image(np.zeros((20, 20, 4), np.uint8), (10, 10))
+
+
+def test_rotate_and_resize_fills_every_channel_with_a_number():
+    im = photo("coffee")
+    out = rotate_and_resize(
+        im, 0, (100, 100), 1, 1, None, cv2.INTER_LINEAR, 128, False, False, scale_mode="longest"
+    )
+    assert (out[:10] == 128).all()

@@ -431,7 +431,8 @@ def rotate_and_resize(
         im.shape[:2], target_size, angle, scale, aspect, shift, hmirror, vmirror, shear, scale_mode
     )
     src, pixel_matrix, _ = _prepare_source(im, im.ndim == 3, matrix, method)
-    return _warp(src, pixel_matrix, tuple(target_size), method, background, supersampling)
+    fill = _fill(background, 1 if src.ndim == 2 else src.shape[2])
+    return _warp(src, pixel_matrix, tuple(target_size), method, fill, supersampling)
 
 
 def randomize_image(

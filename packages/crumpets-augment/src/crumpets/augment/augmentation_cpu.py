@@ -309,13 +309,7 @@ def add_noise_rgb(
         TypeError: if ``im`` is not uint8 or ``seed`` is not an int.
         ValueError: if ``strength`` is negative, or on an unsupported shape or ``out``.
     """
-    channels = _channels(im)
-    _check_out(im, out)
-    sigma = noise_sigma(strength)
-    if sigma == 0:
-        return _unchanged(im, out)
-    sigmas = sensor_sigmas(strength, channels)
-    return _per_plane(im, out, lambda planes: noise_planes(planes, sigmas, seed))
+    return _add_noise(im, sensor_sigmas(strength, _channels(im)), seed, out)
 
 
 def sensor_sigmas(strength: float | None, channels: int) -> list[float]:
@@ -348,12 +342,16 @@ def add_noise_other(
         TypeError: if ``im`` is not uint8 or ``seed`` is not an int.
         ValueError: if ``strength`` is negative, or on an unsupported shape or ``out``.
     """
-    channels = _channels(im)
+    return _add_noise(im, [noise_sigma(strength)] * _channels(im), seed, out)
+
+
+def _add_noise(
+    im: np.ndarray, sigmas: list[float], seed: int, out: np.ndarray | None
+) -> np.ndarray:
     _check_out(im, out)
-    sigma = noise_sigma(strength)
-    if sigma == 0:
+    if sigmas[0] == 0:  # no strength: no noise
         return _unchanged(im, out)
-    return _per_plane(im, out, lambda planes: noise_planes(planes, [sigma] * channels, seed))
+    return _per_plane(im, out, lambda planes: noise_planes(planes, sigmas, seed))
 
 
 def add_blur(
