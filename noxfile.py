@@ -108,6 +108,6 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/fidelity.py")
     session.run("python", "benchmarks/profile_worker.py")
     session.run("crumpets", "bench", "--batches", "60", "--samples", "512", *session.posargs)
-    session.run("python", "benchmarks/throughput.py")
+    session.run("python", "benchmarks/throughput.py", "--gpu-split")
     install_demo(session)
     session.run("python", "benchmarks/trainer_overhead.py")

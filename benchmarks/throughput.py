@@ -11,7 +11,9 @@ from the photos scikit-image ships), this measures:
   kind of operations (RandomResizedCrop, HorizontalFlip, Affine with rotation and shear,
   ColorJitter), collated to a uint8 NCHW tensor;
 - crumpets: TurboDataLoader (numpy) and TorchTurboDataLoader(device='cpu') with
-  ClassificationWorker + AUGMENTATION_TRAIN, 3x224x224 uint8, batch 64.
+  ClassificationWorker + AUGMENTATION_TRAIN, 3x224x224 uint8, batch 64; with
+  ``--gpu-split`` also the TurboDataLoader whose workers leave gamma, noise and blur to a
+  GPU Randomizer (gpu_augmentation=True), which this benchmark does not run.
 
 For each: images/s (after a warm-up: median over rounds of one batch per worker, mean
 over all timed batches; and all images over the wall time from start-up), time to the
@@ -380,31 +382,35 @@ def baseline(path: str, nworkers: int, warmup: int, timed: int, noise_blur: bool
 
 
 # -- crumpets ------------------------------------------------------------------------------
-def crumpets_worker() -> ClassificationWorker:
+def crumpets_worker(gpu_augmentation: bool = False) -> ClassificationWorker:
     return ClassificationWorker(
         ((3, SIZE, SIZE), np.uint8),
         ((1,), np.int64),
         image_params=INPUT_PARAMS_TRAIN,
         image_rng=AUGMENTATION_TRAIN,
+        gpu_augmentation=gpu_augmentation,
     )
 
 
-def crumpets_loader(path: str, nworkers: int, batches: int, use_torch: bool) -> TurboDataLoader:
+def crumpets_loader(
+    path: str, nworkers: int, batches: int, use_torch: bool, gpu_augmentation: bool = False
+) -> TurboDataLoader:
     reader = Reader(path)
     options = dict(shuffle=True, seed=0, drop_last=True)
+    worker = crumpets_worker(gpu_augmentation)
     if use_torch:
-        loader = TorchTurboDataLoader(
-            reader, BATCH, crumpets_worker(), nworkers, device="cpu", **options
-        )
+        loader = TorchTurboDataLoader(reader, BATCH, worker, nworkers, device="cpu", **options)
     else:
-        loader = TurboDataLoader(reader, BATCH, crumpets_worker(), nworkers, **options)
+        loader = TurboDataLoader(reader, BATCH, worker, nworkers, **options)
     # One "epoch" as long as the measurement, like the baseline's sampler.
     loader.set_epoch_iterations(batches)
     return loader
 
 
-def crumpets(path: str, nworkers: int, warmup: int, timed: int, use_torch: bool) -> Result:
-    loader = crumpets_loader(path, nworkers, warmup + timed, use_torch)
+def crumpets(
+    path: str, nworkers: int, warmup: int, timed: int, use_torch: bool, gpu_split: bool = False
+) -> Result:
+    loader = crumpets_loader(path, nworkers, warmup + timed, use_torch, gpu_split)
 
     def batches() -> Iterator[int]:
         with loader:
@@ -412,6 +418,8 @@ def crumpets(path: str, nworkers: int, warmup: int, timed: int, use_torch: bool)
                 yield sum(len(mb["label"]) for mb in mini_batches)
 
     name = "crumpets TorchTurboDataLoader (cpu)" if use_torch else "crumpets TurboDataLoader"
+    if gpu_split:
+        name += ", gamma/noise/blur left to a GPU"
     return measure(name, nworkers, batches, warmup, timed)
 
 
@@ -512,7 +520,9 @@ def table(results: list[Result]) -> list[str]:
 
 def ratios(results: dict[str, Result]) -> list[str]:
     lines = []
-    for key in ("numpy", "torch"):
+    for key in ("numpy", "torch", "gpu split"):
+        if key not in results:
+            continue
         r = results[key]
         for other in ("baseline", "ceiling"):
             o = results[other]
@@ -542,6 +552,12 @@ def main() -> None:
         action="store_true",
         help="also add GaussNoise and GaussianBlur to the baseline, as AUGMENTATION_TRAIN has",
     )
+    parser.add_argument(
+        "--gpu-split",
+        action="store_true",
+        help="also time the TurboDataLoader's workers with gpu_augmentation=True: what they "
+        "deliver on a machine whose GPU Randomizer applies gamma, noise and blur",
+    )
     parser.add_argument("--soak", type=int, default=0, metavar="B", help="then run B batches")
     parser.add_argument(
         "--out", default=str(Path(__file__).with_name("results.md")), help="Markdown file"
@@ -568,6 +584,10 @@ def main() -> None:
             "numpy": crumpets(path, n, args.warmup, args.batches, use_torch=False),
             "torch": crumpets(path, n, args.warmup, args.batches, use_torch=True),
         }
+        if args.gpu_split:
+            results["gpu split"] = crumpets(
+                path, n, args.warmup, args.batches, use_torch=False, gpu_split=True
+            )
         soak_lines = soak(path, n, args.soak) if args.soak else []
     finally:
         if not args.cache:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import pickle
@@ -22,6 +23,8 @@ from crumpets.augment.workers import (
     SegmentationWorker,
 )
 from crumpets.core import TurboDataLoader, pack
+from crumpets.core.broker import Request
+from crumpets.core.shm import DummyBufferManager, SharedBufferManager
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket"]
 
@@ -186,6 +189,48 @@ def test_segmentation_target_keeps_labels_and_skips_pixel_ops():
             assert aug["transform"] == taug["transform"]
             assert taug["interp_method"] == INTERP_NEAREST and taug["noise"] is None
             assert aug["noise"] is not None
+
+
+def _leftovers_workers():
+    # leaves background around the image; one warp straight into the buffer where it can
+    small = {"scale_mode": "longest", "scale": 0.6, "supersampling": 1}
+    labels = np.full((200, 300), 3, np.uint8)
+    seg = [pack({"image": encode(photo("coffee")), "target_image": encode(labels, ".png")})] * 3
+    return [
+        (ImageWorker(((3, 40, 40), np.uint8, (1, 2, 3)), image_params=small), samples(3)),
+        (
+            ImageWorker(((3, 40, 40), np.uint8, 9), image_params={**small, "colorspace": "bgr"}),
+            samples(3),
+        ),
+        (ImageWorker(((1, 40, 40), np.uint8, 5), image_params=small), samples(3)),
+        (ImageWorker(((1, 40, 40), np.float32, 5), image_params=small), samples(3)),
+        (
+            SegmentationWorker(
+                ((3, 40, 40), np.uint8), ((1, 40, 40), np.uint8, 255), image_params=small
+            ),
+            seg,
+        ),
+    ]
+
+
+@pytest.mark.parametrize("worker, data", _leftovers_workers())
+def test_buffers_written_in_full_hold_nothing_of_the_previous_batch(worker, data):
+    # Buffers in written_in_full are not reset between batches: what a batch leaves in a
+    # shared slot must not show in the next, background included.
+    assert "image" in worker.written_in_full
+    fresh = copy.copy(worker)
+    fresh.set_buffer_manager(DummyBufferManager(len(data), worker.buffer_specs))
+    manager = SharedBufferManager(1, len(data), worker.buffer_specs)
+    try:
+        worker.set_buffer_manager(manager)
+        for buffer in manager.buffers(0).values():
+            buffer[...] = 77  # a previous batch's pixels
+        request = Request(0, 0, 0, 0, list(range(len(data))), data)
+        reused, expected = worker.process(request), fresh.process(request)
+        for key in worker.written_in_full:
+            np.testing.assert_array_equal(reused[key], expected[key])
+    finally:
+        manager.close()
 
 
 def test_gpu_augmentation_leaves_registered_ops_to_the_gpu(monkeypatch):

@@ -90,3 +90,33 @@ def test_workers_keep_freed_memory(monkeypatch):
         faults = [f for _, (mb,) in loader for f in mb["faults"]]
     assert len(faults) == 40
     assert sorted(faults)[20] < 10
+
+
+class PartialWorker(broker.BufferWorker):
+    """Writes only the first element of 'part' and nothing of 'whole' (which it declares
+    written in full): what process leaves in each shows whether it reset them."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_buffer("part", ((3,), np.int32, 7))
+        self.add_buffer("whole", ((2,), np.uint8, 9))
+        self.written_in_full.add("whole")
+
+    def prepare(self, sample, batch, buffers):
+        buffers["part"][0] = sample["i"]
+
+
+def test_process_resets_buffers_except_those_written_in_full():
+    worker = PartialWorker()
+    manager = SharedBufferManager(1, 2, worker.buffer_specs)
+    try:
+        worker.set_buffer_manager(manager)
+        slot = manager.buffers(0)
+        slot["part"][:] = -1  # what a previous batch left in this slot
+        slot["whole"][:] = 5
+        request = broker.Request(0, 0, 0, 0, [3, 4], [pack({"i": 3}), pack({"i": 4})])
+        out = worker.process(request)
+        assert out["part"].tolist() == [[3, 7, 7], [4, 7, 7]]
+        assert out["whole"].tolist() == [[5, 5], [5, 5]]  # left as it was: not reset
+    finally:
+        manager.close()

@@ -213,7 +213,7 @@ def _then(matrix: np.ndarray, fx: float, fy: float) -> np.ndarray:
 
 def _singular_values(matrix: np.ndarray) -> tuple[float, float]:
     """Largest and smallest scale of the matrix's linear part (closed form for 2x2)."""
-    a, b, c, d = matrix[0, 0], matrix[0, 1], matrix[1, 0], matrix[1, 1]
+    (a, b, _), (c, d, _) = matrix.tolist()  # Python floats: numpy scalars are slower
     total = a * a + b * b + c * c + d * d
     det = abs(a * d - b * c)
     root = math.sqrt(max(total * total - 4 * det * det, 0.0))

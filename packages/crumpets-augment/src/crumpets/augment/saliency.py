@@ -181,6 +181,7 @@ class SaliencyWorker(ImageWorker):
     ):
         super().__init__(image, image_params=image_params, image_rng=image_rng, **kwargs)
         self.add_buffer("target_image", target_image)
+        self.written_in_full.add("target_image")  # prepare assigns the whole map
         shape, dtype = self.buffer_specs["target_image"][:2]
         if len(shape) not in (2, 3) or (len(shape) == 3 and shape[0] != 1):
             raise ValueError(f"buffer 'target_image' must have shape (1, H, W), got {shape}")

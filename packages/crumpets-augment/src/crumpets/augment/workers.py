@@ -146,6 +146,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _int_range(dtype: np.dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
 def _field(sample: dict, key: str) -> Any:
     try:
         return sample[key]
@@ -181,6 +187,7 @@ class ImageWorker(BufferWorker):
         super().__init__(**kwargs)
         self.add_buffer("image", image)
         self._check_image_buffer("image")
+        self.written_in_full.add("image")  # prepare_image writes every pixel
         self.add_params("image", check_params(dict(image_params or {})), {})
         if image_rng is None:
             image_rng = NoRNG()
@@ -252,6 +259,8 @@ class ImageWorker(BufferWorker):
     def prepare_points(self, sample: dict, batch: dict, augmentation: dict, key: str) -> None:
         """Map the sample's 'keypoints' (N x 2) and 'bboxes' (N x 4: x0, y0, x1, y1)
         through the image's matrix into ``batch``."""
+        if "keypoints" not in sample and "bboxes" not in sample:
+            return
         _, height, width = self.buffer_specs[key][0]
         matrix = np.asarray(augmentation["transform"])
         if "keypoints" in sample:
@@ -322,8 +331,8 @@ class ClassificationWorker(ImageWorker):
         out = buffers["label"]
         if type(label) is int and out.size == 1 and out.dtype.kind in "iu":
             # the usual class index: a range check instead of the general conversion below
-            info = np.iinfo(out.dtype)
-            if info.min <= label <= info.max:
+            low, high = _int_range(out.dtype)
+            if low <= label <= high:
                 out.flat[0] = label
                 return
         label = np.asarray(label)
@@ -366,6 +375,7 @@ class FCNWorker(ImageWorker):
         super().__init__(image, image_params=image_params, image_rng=image_rng, **kwargs)
         self.add_buffer("target_image", target_image)
         self._check_image_buffer("target_image")
+        self.written_in_full.add("target_image")
         self.add_params("target_image", check_params(dict(target_image_params or {})), {})
 
     def prepare(self, sample: dict, batch: dict, buffers: dict) -> None:

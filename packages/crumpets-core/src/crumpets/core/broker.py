@@ -264,6 +264,10 @@ class BufferWorker(Worker):
     seeded from (seed, epoch, sample index): the same sample gets the same random numbers
     whatever worker processes it.
 
+    Each batch's rows start at their buffers' fill values, except the buffers named in
+    ``self.written_in_full``: a subclass whose ``prepare`` writes every element of a
+    buffer adds its key there and saves that pass over memory.
+
     Args:
         buffer_manager: a SharedBufferManager or DummyBufferManager; the loader sets one.
         **kwargs: passed to :class:`Worker`.
@@ -277,6 +281,10 @@ class BufferWorker(Worker):
         self.sample_index: int | None = None
         self.epoch: int | None = None
         self.rng: np.random.Generator | None = None
+        # Buffers that prepare writes in full for every sample (an image warped with its
+        # background): process does not reset them first, which would be one more pass
+        # over the whole batch's memory. Every other buffer starts each batch filled.
+        self.written_in_full: set[str] = set()
 
     def add_buffer(self, key: str, buf: Any) -> None:
         """Register a buffer: a ``(shape, dtype[, fill_value])`` spec or a template array."""
@@ -315,7 +323,7 @@ class BufferWorker(Worker):
             raise RuntimeError("no buffer manager set; call set_buffer_manager (the loader does)")
         n = len(request.items)
         buffers = manager.buffers(request.slot)
-        manager.fill(buffers, n)
+        manager.fill({k: b for k, b in buffers.items() if k not in self.written_in_full}, n)
         batch: dict[str, Any] = defaultdict(list)
         self.epoch = request.epoch
         for i, (item, index) in enumerate(zip(request.items, request.indices)):
