@@ -340,3 +340,51 @@ def test_repr_lists_non_default_options():
     assert "prob=0.5" in text and "hmirror=0.5" in text and "scale_range=(1.0, 2.0)" in text
     assert "vmirror" not in text and "noise_range" not in text
     assert repr(R.MixtureRNG()) == "MixtureRNG()"
+
+
+# --- the one declaration of the parameters (crumpets.core.params) ----------------------
+def test_declared_values_are_opencvs_and_the_workers():
+    cv2 = pytest.importorskip("cv2")
+    from crumpets.augment.augmentation import SCALE_MODES
+    from crumpets.augment.workers import COLORSPACES
+    from crumpets.core.params import INTERPOLATIONS, PARAMS
+
+    assert INTERPOLATIONS == {
+        "nearest": cv2.INTER_NEAREST,
+        "linear": cv2.INTER_LINEAR,
+        "cubic": cv2.INTER_CUBIC,
+        "area": cv2.INTER_AREA,
+        "lanczos4": cv2.INTER_LANCZOS4,
+    }
+    assert R.INTERPOLATIONS is INTERPOLATIONS
+    assert PARAMS["scale_mode"].choices == SCALE_MODES
+    assert set(PARAMS["colorspace"].choices) == set(COLORSPACES)
+
+
+def test_mixture_draws_are_valid_by_construction():
+    from crumpets.augment.presets import AUGMENTATION_TRAIN
+    from crumpets.core.params import check_params
+
+    extreme = R.MixtureRNG(
+        prob=1,
+        scale_range=(1e-3, 10),
+        shift_range=(-3, 3),
+        noise_range=(0, 5),
+        brightness_range=(-9, 9),
+        color_range=(-9, 9),
+        contrast_range=(-1, 1),
+        blur_range=(0, 1),
+        rotation_sigma=90,
+        aspect_sigma=1,
+        interpolations=["nearest", "lanczos4"],
+        hmirror=0.5,
+        vmirror=0.5,
+        shear_range=(-2, 2),
+    )
+    for rng in (extreme, AUGMENTATION_TRAIN, R.NoRNG()):
+        assert rng.checked
+        for seed in range(50):
+            draw = rng(np.random.default_rng(seed))
+            assert check_params(draw) == draw
+    with pytest.raises(ValueError, match="blur_range values must be in \\[0, 1\\]"):
+        R.MixtureRNG(blur_range=(0, 2))

@@ -16,7 +16,7 @@ from _photos import encode, photo
 
 from crumpets.augment import workers
 from crumpets.augment.presets import AUGMENTATION_TRAIN, MixtureRNG
-from crumpets.augment.rng import INTERP_NEAREST
+from crumpets.augment.rng import INTERP_NEAREST, RNG
 from crumpets.augment.workers import (
     ClassificationWorker,
     ImageWorker,
@@ -251,6 +251,54 @@ def test_gpu_augmentation_leaves_registered_ops_to_the_gpu(monkeypatch):
     np.testing.assert_array_equal(gpu[0]["image"], plain[0]["image"])
     assert not np.array_equal(cpu[0]["image"], plain[0]["image"])
     assert gpu[0]["augmentation"][0]["gamma_gray"] == cpu[0]["augmentation"][0]["gamma_gray"]
+    # only the operations that are on are left to the GPU (blur is off here)
+    assert gpu[0]["augmentation"][0]["gpu_ops"] == ["gamma", "noise"]
+    assert cpu[0]["augmentation"][0]["gpu_ops"] == []
+
+
+def test_gpu_augmentation_lists_what_each_image_leaves_and_converts_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(workers, "_gpu_ops", lambda: frozenset({"gamma", "noise", "blur"}))
+    rng = MixtureRNG(prob=0.5, brightness_range=(0.3, 0.3), blur_range=(0.01, 0.01))
+    data = samples(24)
+    seg = SegmentationWorker(
+        ((3, 48, 48), np.uint8), ((1, 48, 48), np.uint8), image_rng=rng, gpu_augmentation=True
+    )
+    seg_data = [
+        pack({"image": encode(photo("coffee")), "target_image": encode(photo("coffee")[..., 0])})
+    ] * 4
+    for batch in run(seg, seg_data, 1):
+        assert all(aug["gpu_ops"] == [] for aug in batch["target_augmentation"])
+    listed = [
+        aug["gpu_ops"]
+        for batch in run(
+            ImageWorker(((3, 48, 48), np.uint8), image_rng=rng, gpu_augmentation=True), data, 1
+        )
+        for aug in batch["augmentation"]
+    ]
+    assert {tuple(ops) for ops in listed} == {(), ("gamma",), ("blur",), ("gamma", "blur")}
+    # in another colour space the pixel operations come before the conversion: on the CPU
+    hsv = {"colorspace": "hsv"}
+    on_cpu = run(ImageWorker(((3, 48, 48), np.uint8), hsv, rng), data, 1)
+    left = run(ImageWorker(((3, 48, 48), np.uint8), hsv, rng, gpu_augmentation=True), data, 1)
+    for a, b in zip(on_cpu, left):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        assert all(aug["gpu_ops"] == [] for aug in b["augmentation"])
+
+
+def test_draws_of_unchecked_rngs_are_checked_per_sample():
+    class Wild(RNG):
+        def __call__(self, rng):
+            return {"gamma_gray": -1.0}
+
+    class Tame(Wild):
+        checked = True  # claims its draws are valid: not checked again
+
+    worker = ImageWorker(((3, 32, 32), np.uint8), image_rng=Wild())
+    with pytest.raises(Exception, match="'gamma_gray' must be in \\(0, inf\\)"):
+        run(worker, samples(2), 1)
+    assert not Wild.checked and AUGMENTATION_TRAIN.checked
+    with pytest.raises(Exception, match="gamma_gray must be a finite number > 0"):
+        run(ImageWorker(((3, 32, 32), np.uint8), image_rng=Tame()), samples(2), 1)
 
 
 def test_colorspaces_and_gray_buffers():

@@ -117,3 +117,139 @@ def test_randomizer_names_a_missing_parameter():
         Randomizer()({"image": im, "augmentation": augs})
     with pytest.raises(KeyError, match="'augmentation'"):
         Randomizer()({"image": im})
+
+
+# --- batched: a fixed number of ops, every sample its own parameters --------------------
+def every_op(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "gamma_gray": float(rng.uniform(0.5, 2)),
+            "gamma_color": rng.uniform(0.7, 1.4, 3).tolist(),
+            "contrast": float(rng.uniform(-0.5, 0.5)),
+            "blur": float(rng.uniform(0.02, 0.06)),
+            "noise": float(rng.uniform(0.02, 0.1)),
+            "noise_seed": int(rng.integers(2**31)),
+        }
+        for _ in range(n)
+    ]
+
+
+def top_level_ops(fn):
+    """aten ops with no parent op that one call of fn issues (each is at least one kernel
+    launch on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # caches (tables per device) are made once, not per batch
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events() if e.name.startswith("aten::") and e.cpu_parent is None]
+
+
+def test_ops_per_batch_do_not_grow_with_the_batch():
+    counts = {}
+    for n in (2, 16):
+        im = photo_like(n, h=24, w=32)
+        augs = every_op(n)
+
+        def chain(im=im, augs=augs):
+            return add_noise_rgb(add_blur(add_gamma(im, augs), augs), augs)
+
+        chained = top_level_ops(chain)
+        randomized = top_level_ops(lambda im=im, augs=augs: randomize(im, [dict(a) for a in augs]))
+        counts[n] = len(chained), len(randomized)
+    assert counts[2] == counts[16], counts
+    assert max(counts[16]) <= 60, counts
+
+
+@pytest.mark.parametrize("op", ["gamma", "blur", "noise", "all"])
+def test_samples_with_the_operation_off_are_untouched(device, op):
+    im = photo_like(6, h=24, w=32).to(device)
+    augs = every_op(6)
+    off = {"gamma_gray": None, "gamma_color": None, "contrast": 0, "blur": 0, "noise": None}
+    for i in (1, 4):
+        augs[i] = {**augs[i], **off}
+    out = {
+        "gamma": lambda: add_gamma(im, augs),
+        "blur": lambda: add_blur(im, augs),
+        "noise": lambda: add_noise_rgb(im, augs),
+        "all": lambda: randomize(im, augs),
+    }[op]()
+    for i in range(6):
+        same = torch.equal(out[i], im[i])
+        assert same == (i in (1, 4)), (i, op)
+
+
+def test_each_sample_as_if_alone(device):
+    """The batch shares its calls, not its parameters: a sample's result is the one it
+    gets alone (blur: the batch pads the taps to its largest radius)."""
+    im = photo_like(5, h=24, w=32).to(device)
+    augs = every_op(5, seed=3)
+    augs[2]["blur"] = 0.003  # small radius in a batch of larger ones
+    for kernel in (add_gamma, add_blur, add_noise_rgb, add_noise_other):
+        batch = kernel(im, augs)
+        for i in range(5):
+            alone = kernel(im[i : i + 1], augs[i : i + 1])[0]
+            diff = (batch[i].int() - alone.int()).abs()
+            assert diff.max() <= (1 if kernel is add_blur else 0), (kernel.__name__, i)
+
+
+def test_noise_is_the_table_window_the_cpu_uses():
+    from crumpets.core.params import NOISE_TABLE_SEED, NOISE_TABLE_SIZE
+
+    im = photo_like(2, h=20, w=30)
+    augs = [{"noise": 0.1, "noise_seed": 123456789}, {"noise": 0.05, "noise_seed": 7}]
+    out = add_noise_rgb(im, augs).numpy().astype(int)
+    table = np.random.default_rng(NOISE_TABLE_SEED).standard_normal(NOISE_TABLE_SIZE, np.float32)
+    size = im[0].numel()
+    for i, aug in enumerate(augs):
+        offset = aug["noise_seed"] % (NOISE_TABLE_SIZE - size + 1)
+        z = table[offset : offset + size].reshape(3, 20, 30).astype(np.float64)
+        sigma = 64 * aug["noise"] * np.array([1, 1 / math.sqrt(2), 1])[:, None, None]
+        expected = np.clip(np.rint(im[i].numpy() + z * sigma), 0, 255)
+        assert np.abs(out[i] - expected).max() <= 1  # float32 against float64 rounding
+        assert (out[i] != expected).mean() < 0.01
+
+
+def test_noise_beyond_the_table_is_reproducible_per_batch():
+    im = torch.full((2, 3, 840, 840), 128, dtype=torch.uint8)  # 2.1M values per image
+    augs = [{"noise": 0.2, "noise_seed": 1}, {"noise": 0.2, "noise_seed": 2}]
+    out = add_noise_other(im, augs)
+    assert torch.equal(out, add_noise_other(im, augs))
+    std = (out.float() - 128).std(dim=(1, 2, 3))
+    assert ((std / (0.2 * 64) - 1).abs() < 0.1).all()
+
+
+def test_float_images_keep_their_range_and_dtype():
+    im = photo_like(2).float()
+    augs = every_op(2)
+    for kernel in (add_gamma, add_blur, add_noise_rgb):
+        out = kernel(im, augs)
+        assert out.dtype == torch.float32 and out.min() >= 0 and out.max() <= 255
+        assert (out - im).abs().mean() > 0.5
+    blurred = add_blur(im, augs)
+    as_uint8 = add_blur(im.to(torch.uint8), augs).float()
+    assert (blurred - as_uint8).abs().max() <= 0.5 + 1e-3  # the same filter, unrounded
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("gamma_gray", 0.0), ("contrast", 1.5), ("blur", -0.1), ("noise", float("nan"))],
+)
+def test_invalid_parameters_name_the_sample(key, value):
+    augs = every_op(3)
+    augs[1][key] = value
+    kernel = {"gamma_gray": add_gamma, "contrast": add_gamma, "blur": add_blur}.get(
+        key, add_noise_rgb
+    )
+    with pytest.raises(ValueError, match=f"sample 1 .*'{key}'"):
+        kernel(photo_like(3), augs)
+
+
+def test_gpu_ops_are_the_schemas_pixel_operations():
+    from crumpets.core._plugins import entry_point_names
+    from crumpets.core.params import PIXEL_OPS
+    from crumpets.torch.randomizer import GPU_OPS
+
+    assert GPU_OPS == tuple(PIXEL_OPS)
+    assert entry_point_names("crumpets.gpu_ops") == sorted(PIXEL_OPS)

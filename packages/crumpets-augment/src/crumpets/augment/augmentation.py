@@ -25,6 +25,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from crumpets.core.params import PIXEL_OPS
+
 from .augmentation_cpu import (
     blur_planes,
     check_sigma,
@@ -347,7 +349,8 @@ def transform_image(
         size: (height, width) of the result.
         color: 3-channel RGB result if True, else gray.
         background: fill for areas without image data, a number or (r, g, b).
-        skip: pixel operations left to the GPU: any of 'gamma', 'blur', 'noise'.
+        skip: pixel operations left to the GPU: any of
+            :data:`crumpets.core.params.PIXEL_OPS` ('gamma', 'blur', 'noise').
         out: optional C-contiguous uint8 array (C, H, W), C 3 if ``color`` else 1, to
             write the result into as planes (a worker's buffer).
         others: see :func:`randomize_image`.
@@ -357,6 +360,8 @@ def transform_image(
         given; and the 2x3 matrix from source to result pixel coordinates.
     """
     method = cv2.INTER_LINEAR if interp_method is None else int(interp_method)
+    if not skip <= PIXEL_OPS.keys():
+        raise ValueError(f"skip must name pixel operations {list(PIXEL_OPS)}, got {sorted(skip)}")
     if isinstance(src, np.ndarray):
         if src.dtype != np.uint8 or not (src.ndim == 2 or src.ndim == 3 and src.shape[2] in (1, 3)):
             raise ValueError(
@@ -517,7 +522,7 @@ def randomize_image(
         shear=shear if do_rotate_and_resize else None,
         scale_mode=scale_mode,
         supersampling=supersampling,
-        skip=frozenset({"gamma", "blur", "noise"}) if gpu_augmentation else frozenset(),
+        skip=frozenset(PIXEL_OPS) if gpu_augmentation else frozenset(),
     )
     if color and not is_rgb:
         out = cv2.cvtColor(out, cv2.COLOR_RGB2BGR)

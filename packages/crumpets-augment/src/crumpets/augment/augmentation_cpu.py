@@ -64,6 +64,8 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+from crumpets.core.params import NOISE_SCALE, NOISE_TABLE_SEED, NOISE_TABLE_SIZE
+
 __all__ = [
     "add_blur",
     "add_gamma",
@@ -83,7 +85,6 @@ __all__ = [
 with np.errstate(divide="ignore"):
     # log of the 256 input levels; log 0 = -inf, and exp(g * -inf) = 0 = 0 ** g for g > 0
     _LOG_X = np.log(np.arange(256, dtype=np.float64) / 255.0)
-_NOISE_SCALE = 64.0  # grey levels of noise sigma per unit of strength
 
 
 def _channels(im: np.ndarray) -> int:
@@ -261,15 +262,15 @@ def noise_sigma(strength: float | None) -> float:
     value = 0.0 if strength is None else float(strength)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"strength must be a finite number >= 0, got {strength}")
-    return value * _NOISE_SCALE
+    return value * NOISE_SCALE
 
 
-_NOISE_TABLE = 1 << 21  # standard normal samples per process: 8 MB, made once
+_NOISE_TABLE = NOISE_TABLE_SIZE  # standard normal samples per process: 8 MB, made once
 
 
 @functools.cache
 def _noise_table() -> np.ndarray:
-    return np.random.default_rng(0x5EED).standard_normal(_NOISE_TABLE, dtype=np.float32)
+    return np.random.default_rng(NOISE_TABLE_SEED).standard_normal(_NOISE_TABLE, np.float32)
 
 
 def noise_planes(planes: Sequence[np.ndarray], sigmas: Sequence[float], seed: int) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from crumpets.core.params import INTERPOLATIONS, PARAMS, Param
+
 __all__ = [
     "INTERPOLATIONS",
     "INTERP_AREA",
@@ -36,13 +38,7 @@ INTERP_CUBIC = int(cv2.INTER_CUBIC)
 INTERP_AREA = int(cv2.INTER_AREA)
 INTERP_LANCZOS4 = int(cv2.INTER_LANCZOS4)
 
-INTERPOLATIONS: dict[str, int] = {
-    "nearest": INTERP_NEAREST,
-    "linear": INTERP_LINEAR,
-    "cubic": INTERP_CUBIC,
-    "area": INTERP_AREA,
-    "lanczos4": INTERP_LANCZOS4,
-}
+# INTERPOLATIONS (name -> value) is declared with the other parameters in crumpets.core.params.
 
 
 def check_interpolation(value: int | str) -> int:
@@ -95,7 +91,14 @@ class RNG(ABC):
     ``crumpets.augment.augmentation.randomize_image`` for their meaning) from the generator
     they are given, and from nothing else. They must pickle: they are copied to worker
     processes.
+
+    Attributes:
+        checked: True when every dict the RNG draws is valid by construction (its ranges
+            were checked against ``crumpets.core.params.PARAMS`` when it was built), so
+            workers need not check each draw. False (the default) for other RNGs.
     """
+
+    checked: bool = False
 
     @abstractmethod
     def __call__(self, rng: np.random.Generator) -> dict[str, Any]:
@@ -111,6 +114,8 @@ class RNG(ABC):
 
 class NoRNG(RNG):
     """Decidedly non-random RNG that returns an empty dict. Useful for validation runs."""
+
+    checked = True
 
     def __call__(self, rng: np.random.Generator) -> dict[str, Any]:
         return {}
@@ -145,14 +150,9 @@ def _sigma(name: str, value: Any) -> float:
     return s
 
 
-def _range(
-    name: str,
-    value: Any,
-    low: float = -math.inf,
-    high: float = math.inf,
-    low_open: bool = False,
-) -> tuple[float, float] | None:
-    """Check a ``*_range`` parameter: None, or 2 finite numbers (a, b), a <= b, in bounds."""
+def _range(name: str, value: Any, param: Param | None = None) -> tuple[float, float] | None:
+    """Check a ``*_range`` parameter: None, or 2 finite numbers (a, b), a <= b, each valid
+    for the augmentation parameter ``param`` it draws (any finite number if None)."""
     if value is None:
         return None
     try:
@@ -164,9 +164,8 @@ def _range(
     a, b = (_number(name, v) for v in items)
     if a > b:
         raise ValueError(f"{name} must have a <= b, got {value!r}")
-    if a < low or b > high or (low_open and a == low):
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} values must be in {bracket}{low}, {high}], got {value!r}")
+    if param is not None and not param.contains(a, b):
+        raise ValueError(f"{name} values must be in {param.bounds()} ({param.name}), got {value!r}")
     return a, b
 
 
@@ -210,7 +209,7 @@ class MixtureRNG(RNG):
         brightness_range: range of brightness, converted to ``gamma_gray`` by human2gamma.
         color_range: range of color, converted to ``gamma_color`` by human2gamma.
         contrast_range: range of the ``contrast`` value; within [-1, 1].
-        blur_range: range of the ``blur`` value; both >= 0. The Gaussian blur's sigma is
+        blur_range: range of the ``blur`` value; within [0, 1]. The Gaussian blur's sigma is
             ``blur * image_width``.
         rotation_sigma: standard deviation of the ``angle`` value, in degrees.
         aspect_sigma: standard deviation of the log of the ``aspect`` value.
@@ -231,6 +230,7 @@ class MixtureRNG(RNG):
     """
 
     _N_UNIFORM = 19
+    checked = True
 
     def __init__(
         self,
@@ -250,20 +250,23 @@ class MixtureRNG(RNG):
         shear_range: Sequence[float] | None = None,
     ):
         self.prob = _probability("prob", prob)
-        self.scale_range = _range("scale_range", scale_range, low=0.0, low_open=True)
-        self.shift_range = _range("shift_range", shift_range)
-        self.noise_range = _range("noise_range", noise_range, low=0.0)
+        # Every range is checked against the parameter it draws (crumpets.core.params), so
+        # each draw is valid by construction (``checked``): a bad range fails here, not in
+        # a worker.
+        self.scale_range = _range("scale_range", scale_range, PARAMS["scale"])
+        self.shift_range = _range("shift_range", shift_range, PARAMS["shift"])
+        self.noise_range = _range("noise_range", noise_range, PARAMS["noise"])
+        # brightness and color go through human2gamma, which gives a valid gamma for any number
         self.brightness_range = _range("brightness_range", brightness_range)
         self.color_range = _range("color_range", color_range)
-        # The contrast kernel is defined on [-1, 1]; catch a bad range here, not in a worker.
-        self.contrast_range = _range("contrast_range", contrast_range, low=-1.0, high=1.0)
-        self.blur_range = _range("blur_range", blur_range, low=0.0)
+        self.contrast_range = _range("contrast_range", contrast_range, PARAMS["contrast"])
+        self.blur_range = _range("blur_range", blur_range, PARAMS["blur"])
         self.rotation_sigma = _sigma("rotation_sigma", rotation_sigma)
         self.aspect_sigma = _sigma("aspect_sigma", aspect_sigma)
         self.interpolations = self._check_interpolations(interpolations)
         self.hmirror = _probability("hmirror", hmirror)
         self.vmirror = _probability("vmirror", vmirror)
-        self.shear_range = _range("shear_range", shear_range)
+        self.shear_range = _range("shear_range", shear_range, PARAMS["shear"])
 
     @staticmethod
     def _check_interpolations(value: Any) -> tuple[int, ...] | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,9 +18,10 @@ import numpy as np
 
 from crumpets.core._plugins import entry_point_names
 from crumpets.core.broker import BufferWorker
+from crumpets.core.params import OUTPUT_KEYS, PIXEL_OPS, check_params, enabled_ops
 
-from .augmentation import SCALE_MODES, transform_image
-from .rng import INTERP_NEAREST, RNG, NoRNG, check_interpolation
+from .augmentation import transform_image
+from .rng import INTERP_NEAREST, RNG, NoRNG
 
 __all__ = [
     "COLORSPACES",
@@ -42,96 +42,14 @@ COLORSPACES = {
     "gray": None,
 }
 OUTSIDE = ("drop", "clip")
-PARAMS = frozenset(
-    {
-        "angle",
-        "scale",
-        "shift",
-        "aspect",
-        "hmirror",
-        "vmirror",
-        "shear",
-        "interp_method",
-        "gamma_gray",
-        "gamma_color",
-        "contrast",
-        "noise",
-        "noise_seed",
-        "blur",
-        "scale_mode",
-        "supersampling",
-        "background",
-        "colorspace",
-    }
-)
-
-
-def _finite(name: str, value: Any, low: float = -math.inf, positive: bool = False) -> None:
-    if not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
-        raise ValueError(f"augmentation parameter {name!r} must be a finite number, got {value!r}")
-    if value < low or (positive and value <= 0):
-        bound = "> 0" if positive else f">= {low}"
-        raise ValueError(f"augmentation parameter {name!r} must be {bound}, got {value!r}")
-
-
-# What prepare_image reports besides the parameters; ignored when fed back as params.
-OUTPUT_KEYS = frozenset({"transform", "gpu_ops"})
+# Arguments of prepare_image's parameter dict that transform_image does not take.
 _NOT_TRANSFORM_ARGS = frozenset({"colorspace", "background", *OUTPUT_KEYS})
-
-
-def check_params(params: dict) -> dict:
-    """Check augmentation parameters; raise ValueError naming the first bad one."""
-    unknown = set(params) - PARAMS - OUTPUT_KEYS
-    if unknown:
-        raise ValueError(
-            f"unknown augmentation parameters {sorted(unknown)}; allowed: {sorted(PARAMS)}"
-        )
-    for name in ("angle", "shear"):
-        if params.get(name) is not None:
-            _finite(name, params[name])
-    for name in ("scale", "aspect"):
-        if params.get(name) is not None:
-            _finite(name, params[name], positive=True)
-    for name in ("noise", "blur", "contrast", "gamma_gray"):
-        if params.get(name) is not None:
-            _finite(name, params[name], low=-1 if name == "contrast" else 0)
-    if params.get("blur") is not None and params["blur"] > 1:
-        # sigma = blur * width: beyond 1 the image is one colour, and the kernel (and the
-        # time it takes) keeps growing
-        raise ValueError(f"augmentation parameter 'blur' must be in [0, 1], got {params['blur']}")
-    if params.get("contrast") is not None and params["contrast"] > 1:
-        raise ValueError(
-            f"augmentation parameter 'contrast' must be in [-1, 1], got {params['contrast']}"
-        )
-    if params.get("gamma_color") is not None:
-        if len(params["gamma_color"]) != 3:
-            raise ValueError("augmentation parameter 'gamma_color' needs 3 values (r, g, b)")
-        for g in params["gamma_color"]:
-            _finite("gamma_color", g, positive=True)
-    if params.get("shift") is not None:
-        if len(params["shift"]) != 2:
-            raise ValueError("augmentation parameter 'shift' needs 2 values (x, y)")
-        for v in params["shift"]:
-            _finite("shift", v)
-    if params.get("interp_method") is not None:
-        check_interpolation(params["interp_method"])
-    if params.get("scale_mode", "shortest") not in SCALE_MODES:
-        raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {params['scale_mode']!r}")
-    if params.get("colorspace", "rgb") not in COLORSPACES:
-        raise ValueError(
-            f"colorspace must be one of {sorted(COLORSPACES)}, got {params['colorspace']!r}"
-        )
-    supersampling = params.get("supersampling", 0)
-    if not isinstance(supersampling, (int, np.integer)) or not 0 <= supersampling <= 8:
-        # k x k samples per pixel: 8 is already 64 and memory grows with k squared
-        raise ValueError(f"supersampling must be an int in [0, 8], got {supersampling!r}")
-    return params
 
 
 @functools.cache
 def _gpu_ops() -> frozenset[str]:
     # crumpets-torch registers the pixel operations its Randomizer applies.
-    return frozenset(entry_point_names("crumpets.gpu_ops"))
+    return frozenset(entry_point_names("crumpets.gpu_ops")) & PIXEL_OPS.keys()
 
 
 def _plain(value: Any) -> Any:
@@ -220,12 +138,25 @@ class ImageWorker(BufferWorker):
         # nworkers processes, one thread each: OpenCV's pool would oversubscribe the cores.
         cv2.setNumThreads(1)
 
+    def draw_params(self) -> dict:
+        """Draw one sample's parameters from ``image_rng`` with the sample's generator.
+
+        Draws of an RNG that is not valid by construction (``image_rng.checked``) are
+        checked here, once per sample; the fixed ``*_params`` were checked when the
+        worker was built.
+        """
+        params = self.image_rng(self.rng)
+        return params if self.image_rng.checked else check_params(params)
+
     def prepare_image(self, im: Any, buffers: dict, params: dict, key: str) -> dict:
-        """Decode and augment ``im`` into ``buffers[key]``; return the parameters used."""
+        """Decode and augment ``im`` into ``buffers[key]``; return the parameters used.
+
+        ``params`` must be checked (:func:`check_params`): :meth:`draw_params` and the
+        fixed ``*_params`` are.
+        """
         out = buffers[key]
         channels, height, width = out.shape
         shape, _, fill = self.buffer_specs[key]
-        params = check_params(params)
         colorspace = params.get("colorspace", "rgb" if channels == 3 else "gray")
         if (channels == 1) != (colorspace == "gray"):
             raise ValueError(
@@ -233,8 +164,10 @@ class ImageWorker(BufferWorker):
             )
         args = {k: v for k, v in params.items() if k not in _NOT_TRANSFORM_ARGS}
         background = params.get("background", fill)
-        skip = _gpu_ops() if self.gpu_augmentation else frozenset()
         convert = COLORSPACES[colorspace]
+        # The GPU applies pixel operations to the RGB (or gray) result; for another
+        # colour space they must come before the conversion, here.
+        skip = _gpu_ops() if self.gpu_augmentation and convert is None else frozenset()
         # RGB and gray go straight into a uint8 buffer's planes; the rest is converted
         # from an RGB image.
         direct = convert is None and out.dtype == np.uint8 and out.flags.c_contiguous
@@ -253,7 +186,8 @@ class ImageWorker(BufferWorker):
             out[...] = result.transpose(2, 0, 1) if channels == 3 else result
         used = {k: _plain(v) for k, v in params.items()}
         used["transform"] = matrix.tolist()
-        used["gpu_ops"] = sorted(skip)  # what the GPU Randomizer still has to apply
+        # what the GPU Randomizer still has to apply: the skipped operations that are on
+        used["gpu_ops"] = [op for op in enabled_ops(params, channels == 3) if op in skip]
         return used
 
     def prepare_points(self, sample: dict, batch: dict, augmentation: dict, key: str) -> None:
@@ -296,7 +230,7 @@ class ImageWorker(BufferWorker):
             batch["bboxes_index"].append(index.tolist())
 
     def prepare(self, sample: dict, batch: dict, buffers: dict) -> None:
-        params = self.image_rng(self.rng)
+        params = self.draw_params()
         params.update(self.params["image"])
         augmentation = self.prepare_image(_field(sample, "image"), buffers, params, "image")
         batch["augmentation"].append(augmentation)
@@ -379,7 +313,7 @@ class FCNWorker(ImageWorker):
         self.add_params("target_image", check_params(dict(target_image_params or {})), {})
 
     def prepare(self, sample: dict, batch: dict, buffers: dict) -> None:
-        params = self.image_rng(self.rng)
+        params = self.draw_params()
         image_params = {**params, **self.params["image"]}
         augmentation = self.prepare_image(_field(sample, "image"), buffers, image_params, "image")
         target_params = {**params, **self.params["target_image"]}

@@ -1,17 +1,29 @@
 """Pixel augmentations on batches of images as torch tensors, on any device.
 
 Twins of ``crumpets.augment.augmentation_cpu``: for the same parameters they give the same
-image within one grey level (noise: the same distribution). crumpets-torch does not
-depend on crumpets-augment, so the formulas are restated here:
+image within one grey level. crumpets-torch does not depend on crumpets-augment, so the
+formulas are restated here:
 
 - gamma, color, contrast: for input level ``x`` in [0, 1] and channel ``c``,
   ``y = x ** (gamma_gray * gamma_color[c])``; contrast ``k > 0``:
   ``y += k * (0.5 - 0.5 * cos(pi * y) - y)``; ``k < 0``: ``y = 0.5 + (y - 0.5) * (1 + k)``.
-  uint8 images go through a per-sample lookup table rounded like the CPU one.
+  uint8 images go through one lookup table per (image, channel), computed in float64 and
+  rounded like the CPU's table.
 - blur: Gaussian, sigma = ``blur * width`` pixels, ``ksize = int(rint(6 * sigma + 1)) | 1``
-  (OpenCV's rule for uint8), reflect-101 border, separable.
-- noise: ``sigma = 64 * noise`` grey levels, green (channel 1 of RGB) ``sigma / sqrt(2)``,
-  from a generator seeded with the sample's ``noise_seed``.
+  (OpenCV's rule for uint8), reflect-101 border, separable, in float32, rounded to the
+  nearest level; a blur that cannot move a pixel by half a level is skipped, as on the CPU.
+- noise: ``sigma = 64 * noise`` grey levels, green (channel 1 of 3, in ``add_noise_rgb``)
+  ``sigma / sqrt(2)``. The pattern is the CPU's: the window of the fixed table of standard
+  normal samples (``crumpets.core.params.NOISE_TABLE_*``) that starts at
+  ``noise_seed % (table size - image size + 1)``, in planar (CHW) order, so CPU and GPU
+  add the same noise. Images larger than the table get fresh samples from one torch
+  generator seeded with the batch's seeds (the CPU uses OpenCV's generator there): the
+  same in distribution only, and reproducible per batch, not per sample.
+
+Each kernel works on the whole batch: the batch's parameters go to the device as one
+float64 tensor, in one copy, and each operation is a fixed number of batched torch calls
+whatever the batch size (no loop over samples on the device, no host reads). uint8 in and
+out, float32 inside. Samples whose operation is off come out unchanged.
 
 Images are NCHW; uint8 (0..255) or floating point with values in 0..maxv (default 255,
 as crumpets workers fill float buffers with 0..255 values). ``augs`` is the batch's
@@ -20,15 +32,42 @@ as crumpets workers fill float buffers with 0..255 values). ``augs`` is the batc
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
+from crumpets.core.params import (
+    NOISE_SCALE,
+    NOISE_TABLE_SEED,
+    NOISE_TABLE_SIZE,
+    PIXEL_OPS,
+    check_param,
+)
 
-__all__ = ["add_blur", "add_gamma", "add_noise_other", "add_noise_rgb"]
+__all__ = [
+    "NOISE_SCALE",
+    "add_blur",
+    "add_gamma",
+    "add_noise_other",
+    "add_noise_rgb",
+    "apply_pixel_ops",
+]
 
-NOISE_SCALE = 64.0  # grey levels of noise sigma per unit of strength
+GREEN_RGB = 1 / math.sqrt(2)  # noise sigma of green relative to red and blue (sensor-like)
+
+# Columns of a batch's parameter matrix (one float64 row per sample; see _gather):
+# 0-2 gamma of channels 0..2 (gamma_gray * gamma_color[c]); 3 contrast if > 0, else 0;
+# 4 contrast if < 0, else 0; 5-7 noise sigma of channels 0..2, in the image's units;
+# 8 noise window offset; 9 blur sigma; 10 blur radius (0: off); from 11 on the blur taps,
+# centred, padded with zeros to the batch's largest radius. The neutral row changes
+# nothing: gamma 1, contrast 0, sigma 0, radius 0.
+_NEUTRAL = (1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+_TAPS = len(_NEUTRAL)
 
 
 def param(aug: dict, key: str, index: int) -> Any:
@@ -42,120 +81,264 @@ def param(aug: dict, key: str, index: int) -> Any:
         ) from None
 
 
-def _range(maxv: float | None) -> float:
+def _values(aug: dict, op: str, index: int) -> list[Any]:
+    """The parameters of pixel operation ``op`` in sample ``index``, checked."""
+    values = []
+    for key in PIXEL_OPS[op]:
+        try:
+            values.append(check_param(key, param(aug, key, index)))
+        except ValueError as e:
+            raise ValueError(f"augmentation of sample {index} in the batch: {e}") from None
+    return values
+
+
+def _top(maxv: float | None) -> float:
     return 255.0 if maxv is None else float(maxv)
 
 
-def _curves(augs: list[dict], channels: int, x: torch.Tensor) -> torch.Tensor:
-    """Gamma/contrast curves of x in [0, 1] (shape (1, 1, L) or (N, C, L)) as (N, C, L)
-    float64."""
-    n = len(augs)
-    gamma = torch.ones(n, channels, dtype=torch.float64)
-    contrast = torch.zeros(n, 1, dtype=torch.float64)
+# -- a batch's parameters, gathered on the host ------------------------------------------
+def _gamma_row(row: list[float], gray: Any, color: Any, k: Any, channels: int) -> None:
+    g = [1.0 if gray is None else float(gray)] * 3
+    if color is not None and channels == 3:
+        g = [a * float(c) for a, c in zip(g, color)]  # the CPU table's products
+    k = float(k or 0.0)
+    row[0:5] = [*g, max(k, 0.0), min(k, 0.0)]
+
+
+def _noise_row(
+    row: list[float], strength: Any, seed: Any, green: float, channels: int, size: int, top: float
+) -> None:
+    sigma = NOISE_SCALE * float(strength or 0.0) * top / 255.0
+    offset = int(seed or 0) % (NOISE_TABLE_SIZE - size + 1) if size <= NOISE_TABLE_SIZE else 0
+    row[5:9] = [sigma, sigma * green if channels == 3 else sigma, sigma, float(offset)]
+
+
+def _blur_row(row: list[float], blur: Any, width: int, limit: int) -> None:
+    sigma = float(blur or 0.0) * width
+    if sigma == 0:
+        return
+    radius = (round(6 * sigma + 1) | 1) // 2  # round half to even, as on the CPU
+    if sigma < 0.3:
+        # the CPU skips a blur whose centre tap keeps every pixel within half a level
+        taps = sum(math.exp(-j * j / (2 * sigma * sigma)) for j in range(-radius, radius + 1))
+        if 255 * (1 - 1 / (taps * taps)) < 0.5:
+            return
+    # reflect-101 padding needs radius < size; wider kernels only touch edge pixels more
+    row[9:11] = [sigma, float(min(radius, limit))]
+
+
+def _taps(rows: np.ndarray) -> np.ndarray:
+    """Every sample's normalised Gaussian taps exp(-j^2 / (2 sigma^2)) for |j| up to its
+    radius, centred in 2R+1 columns (R the largest radius; radius 0: the identity)."""
+    radius = rows[:, 10:11]
+    j = np.arange(-radius.max(), radius.max() + 1)
+    sigma = np.where(radius > 0, rows[:, 9:10], 1.0)
+    taps = np.where(np.abs(j) <= radius, np.exp(-(j * j) / (2 * sigma * sigma)), 0.0)
+    return taps / taps.sum(1, keepdims=True)
+
+
+def _gather(
+    im: torch.Tensor,
+    augs: Sequence[dict],
+    wanted: Mapping[str, Sequence[bool]],
+    green: float,
+    maxv: float | None,
+) -> tuple[torch.Tensor, int]:
+    """The parameters of the operations in ``wanted`` (op -> which samples get it), as a
+    float64 (N, W, 1, 1) tensor on the image's device (one copy; columns above), and the
+    blur's largest radius."""
+    n, c, h, w = im.shape
+    if len(augs) != n:
+        raise ValueError(f"{len(augs)} augmentation dicts for a batch of {n} images")
+    top, limit, size = _top(maxv), min(h, w) - 1, c * h * w
+    gamma, blur, noise = (wanted.get(op) for op in PIXEL_OPS)
+    rows = []
     for i, aug in enumerate(augs):
-        gray, color, k = (param(aug, key, i) for key in ("gamma_gray", "gamma_color", "contrast"))
-        if gray is not None:
-            gamma[i] *= float(gray)
-        if color is not None and channels == 3:
-            gamma[i] *= torch.tensor([float(g) for g in color], dtype=torch.float64)
-        contrast[i] = float(k or 0.0)
-    gamma, contrast = gamma.to(x.device), contrast.to(x.device)
-    y = x.to(torch.float64) ** gamma[:, :, None]
-    k = contrast[:, :, None]
-    steep = y + k * (0.5 - 0.5 * torch.cos(math.pi * y) - y)
-    flat = 0.5 + (y - 0.5) * (1 + k)
-    return torch.where(k > 0, steep, torch.where(k < 0, flat, y))
+        row = list(_NEUTRAL)
+        if gamma is not None and gamma[i]:
+            _gamma_row(row, *_values(aug, "gamma", i), c)
+        if noise is not None and noise[i]:
+            _noise_row(row, *_values(aug, "noise", i), green, c, size, top)
+        if blur is not None and blur[i]:
+            _blur_row(row, *_values(aug, "blur", i), w, limit)
+        rows.append(row)
+    host = np.array(rows, np.float64).reshape(n, _TAPS)
+    radius = int(host[:, 10].max(initial=0))
+    if radius:
+        host = np.hstack([host, _taps(host)])
+    p = torch.from_numpy(host).to(im.device, non_blocking=True)
+    return p.view(n, -1, 1, 1), radius
 
 
+# -- constants per device, made once ----------------------------------------------------
+@functools.cache
+def _log_levels(device: torch.device) -> torch.Tensor:
+    # log(i / 255) of the 256 levels, as the CPU table computes it (log 0 = -inf, and
+    # exp(g * -inf) = 0 = 0 ** g for g > 0)
+    with np.errstate(divide="ignore"):
+        levels = np.log(np.arange(256, dtype=np.float64) / 255.0)
+    return torch.from_numpy(levels).to(device)
+
+
+@functools.cache
+def _table_starts(device: torch.device, n: int, c: int) -> torch.Tensor:
+    # where each (image, channel) table starts among the flattened (N, C, 1, 256) tables
+    return torch.arange(0, n * c * 256, 256, dtype=torch.int32, device=device).view(n, c, 1, 1)
+
+
+@functools.cache
+def _noise_table(device: torch.device) -> torch.Tensor:
+    z = np.random.default_rng(NOISE_TABLE_SEED).standard_normal(NOISE_TABLE_SIZE, np.float32)
+    return torch.from_numpy(z).to(device)
+
+
+# -- kernels on a parameter tensor -------------------------------------------------------
+def _curves(
+    log_x: torch.Tensor, g: torch.Tensor, k_pos: torch.Tensor, k_neg: torch.Tensor
+) -> torch.Tensor:
+    """Gamma and contrast curves of levels given as ``log x``; parameters broadcast."""
+    y = torch.exp(g * log_x)
+    # k > 0: y + k * (s(y) - y), s the S-curve 0.5 - 0.5 cos(pi y); k < 0:
+    # 0.5 + (y - 0.5) * (1 + k), which is y + k * (y - 0.5). One of k_pos, k_neg is 0.
+    s = torch.cos(y * math.pi).mul_(-0.5).add_(0.5).sub_(y)
+    return torch.addcmul(y, k_pos, s).addcmul_(k_neg, y - 0.5)
+
+
+def _gamma(im: torch.Tensor, p: torch.Tensor, maxv: float | None) -> torch.Tensor:
+    n, c = im.shape[:2]
+    if im.dtype == torch.uint8:
+        # one table per (image, channel), applied with one lookup of level + table start
+        y = _curves(_log_levels(im.device), p[:, :c], p[:, 3:4], p[:, 4:5])
+        tables = y.mul_(255.0).round_().to(torch.uint8)  # y is in [0, 1]: no clipping
+        index = im + _table_starts(im.device, n, c)  # int32
+        return tables.view(-1).index_select(0, index.view(-1)).view(im.shape)
+    top = _top(maxv)
+    log_x = (im / top).clamp_(0, 1).log_().float()
+    y = _curves(log_x, p[:, :c].float(), p[:, 3:4].float(), p[:, 4:5].float())
+    return y.mul_(top).to(im.dtype)
+
+
+def _blur(im: torch.Tensor, p: torch.Tensor, radius: int) -> torch.Tensor:
+    n, c, h, w = im.shape
+    work = torch.float64 if im.dtype == torch.float64 else torch.float32
+    taps = p[:, _TAPS:].to(work).repeat_interleave(c, 0)  # one row per (image, channel)
+    # one grouped convolution per direction over all planes; the rows of the padded
+    # border are reflected rows, so padding once before both passes is the same as
+    # padding before each
+    x = F.pad(im.view(1, n * c, h, w).to(work), (radius,) * 4, mode="reflect")
+    x = F.conv2d(x, taps.view(n * c, 1, 1, -1), groups=n * c)
+    x = F.conv2d(x, taps.view(n * c, 1, -1, 1), groups=n * c)
+    if not im.is_floating_point():
+        x = x.round_()  # a convex combination of levels: within [0, 255]
+    return x.view(im.shape).to(im.dtype)
+
+
+def _noise(
+    im: torch.Tensor, p: torch.Tensor, augs: Sequence[dict], minv: float | None, top: float
+) -> torch.Tensor:
+    n, c, h, w = im.shape
+    if c * h * w <= NOISE_TABLE_SIZE:
+        # each sample's window of the table: rows of a strided view of all windows
+        windows = _noise_table(im.device).unfold(0, c * h * w, 1)
+        z = windows.index_select(0, p[:, 8].view(n).to(torch.int64)).view(im.shape)
+    else:
+        z = torch.randn(im.shape, generator=_batch_generator(augs, im.device), device=im.device)
+    x = torch.addcmul(im.to(torch.float32), z, p[:, 5 : 5 + c].float())
+    if im.is_floating_point():
+        return x.clamp_(float(minv or 0.0), top).to(im.dtype)
+    # round half to even and saturate, like OpenCV's conversion to uint8
+    return x.round_().clamp_(0, top).to(im.dtype)
+
+
+def _batch_generator(augs: Sequence[dict], device: torch.device) -> torch.Generator:
+    seed = 0
+    for i, aug in enumerate(augs):
+        seed = (seed * 6364136223846793005 + int(param(aug, "noise_seed", i) or 0) + 1) % 2**63
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _check_image(im: Any, name: str) -> None:
+    if not isinstance(im, torch.Tensor) or im.dim() != 4:
+        shape = tuple(getattr(im, "shape", ()))
+        raise ValueError(f"{name} needs a batch of images (N, C, H, W), got shape {shape}")
+    if not im.is_floating_point() and im.dtype != torch.uint8:
+        raise TypeError(f"{name} needs uint8 or floating point images, got {im.dtype}")
+
+
+def apply_pixel_ops(
+    im: torch.Tensor,
+    augs: Sequence[dict],
+    wanted: Mapping[str, Sequence[bool]],
+    green: float = GREEN_RGB,
+    minv: float | None = None,
+    maxv: float | None = None,
+) -> torch.Tensor:
+    """Apply pixel operations to a batch, each to the samples that want it, in the order
+    of :data:`crumpets.core.params.PIXEL_OPS`, with one copy of the parameters.
+
+    Args:
+        im: NCHW images, uint8 or floating point.
+        augs: one parameter dict per image.
+        wanted: operation name -> one bool per image; operations not named are not applied.
+        green: noise sigma of channel 1 of 3 relative to the others (1 for plain noise).
+        minv, maxv: value range of floating point images (default 0, 255).
+
+    Returns:
+        A new tensor of the same shape, dtype and device (``im`` itself if nothing is
+        applied).
+
+    Raises:
+        KeyError: a sample lacks a parameter that an operation it wants needs.
+        ValueError: a parameter is invalid (names it and the sample), or the batch is not
+            NCHW, or ``augs`` does not have one dict per image.
+    """
+    _check_image(im, "the pixel operations")
+    unknown = set(wanted) - PIXEL_OPS.keys()
+    if unknown:
+        raise ValueError(f"unknown pixel operations {sorted(unknown)}; known: {list(PIXEL_OPS)}")
+    wanted = {op: on for op, on in wanted.items() if any(on)}
+    if not wanted:
+        return im
+    p, radius = _gather(im, augs, wanted, green, maxv)
+    if "gamma" in wanted:
+        im = _gamma(im, p, maxv)
+    if radius:
+        im = _blur(im, p, radius)
+    if "noise" in wanted:
+        im = _noise(im, p, augs, minv, _top(maxv))
+    return im
+
+
+# -- the reference's functions -----------------------------------------------------------
 def add_gamma(im_tensor: torch.Tensor, augs: list[dict], maxv: float | None = None) -> torch.Tensor:
     """Gamma (brightness), per-channel gamma (color) and contrast of each image.
 
     Args:
-        im_tensor: NCHW images.
-        augs: per image a dict with 'gamma_gray', 'gamma_color' and 'contrast'.
-        maxv: value of white; default 255.
+        im_tensor: NCHW images, uint8 or floating point.
+        augs: per image a dict with 'gamma_gray', 'gamma_color' and 'contrast' (None: off).
+        maxv: value of white for floating point images; default 255.
 
     Returns:
         A new tensor of the same shape, dtype and device.
+
+    Raises:
+        KeyError: a sample lacks one of the parameters (names both).
+        ValueError: a parameter is invalid (names both), or the batch is not NCHW.
     """
-    n, c = im_tensor.shape[:2]
-    if not im_tensor.is_floating_point():
-        if im_tensor.dtype != torch.uint8:
-            raise TypeError(
-                f"add_gamma needs uint8 or floating point images, got {im_tensor.dtype}"
-            )
-        levels = torch.arange(256, device=im_tensor.device, dtype=torch.float64) / 255.0
-        lut = torch.round(255.0 * _curves(augs, c, levels.view(1, 1, -1)))
-        lut = lut.clamp(0, 255).to(torch.uint8)
-        flat = im_tensor.reshape(n, c, -1).long()
-        return torch.gather(lut, 2, flat).reshape(im_tensor.shape)
-    top = _range(maxv)
-    x = (im_tensor.reshape(n, c, -1) / top).clamp(0, 1)
-    return (_curves(augs, c, x) * top).to(im_tensor.dtype).reshape(im_tensor.shape)
-
-
-def _gaussian_taps(sigma: float, device: torch.device) -> torch.Tensor:
-    ksize = int(round(6 * sigma + 1)) | 1  # OpenCV's kernel size for uint8 images
-    j = torch.arange(ksize, dtype=torch.float64, device=device) - (ksize - 1) / 2
-    taps = torch.exp(-(j**2) / (2 * sigma**2))
-    return (taps / taps.sum()).to(torch.float32)
+    return apply_pixel_ops(im_tensor, augs, {"gamma": [True] * len(augs)}, maxv=maxv)
 
 
 def add_blur(im: torch.Tensor, augs: list[dict]) -> torch.Tensor:
     """Gaussian blur of each image with sigma = ``blur * width`` pixels.
 
     Args:
-        im: NCHW images.
+        im: NCHW images, uint8 or floating point.
         augs: per image a dict with 'blur' (relative to the width) or None.
 
     Returns:
         A new tensor of the same shape, dtype and device.
     """
-    n, c, h, w = im.shape
-    out = im.clone()
-    for i, aug in enumerate(augs):
-        blur = param(aug, "blur", i)
-        if not blur:
-            continue
-        taps = _gaussian_taps(float(blur) * w, im.device)
-        # reflect-101 padding needs pad < size; wider kernels only touch edge pixels more
-        radius = min(len(taps) // 2, h - 1, w - 1)
-        if radius < 1:
-            continue
-        taps = taps[len(taps) // 2 - radius : len(taps) // 2 + radius + 1]
-        taps = taps / taps.sum()
-        x = im[i : i + 1].to(torch.float32)
-        x = F.pad(x, (radius, radius, 0, 0), mode="reflect")
-        x = F.conv2d(x, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        x = F.pad(x, (0, 0, radius, radius), mode="reflect")
-        x = F.conv2d(x, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-        out[i] = _cast(x[0], im.dtype)
-    return out
-
-
-def _cast(x: torch.Tensor, dtype: torch.dtype, top: float = 255.0) -> torch.Tensor:
-    if dtype.is_floating_point:
-        return x.to(dtype)
-    return torch.round(x).clamp(0, top).to(dtype)
-
-
-def _noise(im: torch.Tensor, augs: list[dict], green: float, maxv: float | None) -> torch.Tensor:
-    n, c = im.shape[:2]
-    top = _range(maxv)
-    out = im.clone()
-    for i, aug in enumerate(augs):
-        strength = param(aug, "noise", i)
-        if not strength:
-            continue
-        seed = int(param(aug, "noise_seed", i))
-        generator = torch.Generator(device=im.device).manual_seed(seed)
-        z = torch.randn(im.shape[1:], generator=generator, device=im.device)
-        sigma = torch.full((c, 1, 1), NOISE_SCALE * float(strength) * top / 255.0, device=im.device)
-        if c == 3:
-            sigma[1] *= green
-        noisy = im[i].to(torch.float32) + z * sigma
-        out[i] = _cast(noisy.clamp(0, top), im.dtype, top)
-    return out
+    return apply_pixel_ops(im, augs, {"blur": [True] * len(augs)})
 
 
 def add_noise_rgb(
@@ -165,16 +348,16 @@ def add_noise_rgb(
     maxv: float | None = None,
     internal_ftype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Gaussian noise like a camera sensor's: less in green (channel 1).
+    """Gaussian noise like a camera sensor's: less in green (channel 1 of 3).
 
     Args:
-        im: NCHW images.
+        im: NCHW images, uint8 or floating point.
         augs: per image a dict with 'noise' (strength or None) and 'noise_seed'.
-        minv: unused, values are clamped to [0, maxv]; kept for the reference's signature.
+        minv: lowest value of floating point images (default 0); uint8 saturates at 0.
         maxv: value of white; default 255.
         internal_ftype: unused; noise is computed in float32.
     """
-    return _noise(im, augs, 1 / math.sqrt(2), maxv)
+    return apply_pixel_ops(im, augs, {"noise": [True] * len(augs)}, GREEN_RGB, minv, maxv)
 
 
 def add_noise_other(
@@ -185,4 +368,4 @@ def add_noise_other(
     internal_ftype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Gaussian noise of the same strength in every channel. See :func:`add_noise_rgb`."""
-    return _noise(im, augs, 1.0, maxv)
+    return apply_pixel_ops(im, augs, {"noise": [True] * len(augs)}, 1.0, minv, maxv)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from crumpets.core.dataloader import TurboDataLoader
 
-from .randomizer import randomize
+from .randomizer import randomize_sample
 from .shm import DummyTensorManager, SharedTensorManager
 
 __all__ = ["TorchTurboDataLoader", "parse_devices"]
@@ -60,7 +60,9 @@ class TorchTurboDataLoader(TurboDataLoader):
     Args:
         device: a device ('cuda:0', 'cpu', torch.device, index) or a list of them.
         gpu_augmentation: workers leave gamma, blur and noise to the GPU; the loader
-            applies them on ``device`` (see ``Randomizer``) before handing out the batch.
+            applies them on ``device`` (see ``Randomizer``) to every image the workers
+            augment (``image``, and an FCN worker's ``target_image``) before handing out
+            the batch.
         others: see :class:`crumpets.core.TurboDataLoader` (including the keyword-only
             seed, shuffle, drop_last, rank, world_size, stall_timeout).
     """
@@ -143,8 +145,8 @@ class TorchTurboDataLoader(TurboDataLoader):
             device = self.devices[i % len(self.devices)]
             if device.type == "cuda":
                 mini = self._to_device(mini, device)
-            if self.gpu_augmentation and "image" in mini and "augmentation" in mini:
-                mini["image"] = randomize(mini["image"], mini["augmentation"])
+            if self.gpu_augmentation:
+                mini = randomize_sample(mini)  # every image the workers augment
             out.append(mini)
         return out
 

@@ -5,51 +5,55 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from crumpets.core.params import AUGMENTED_IMAGES, PIXEL_OPS
 
-from .augmentation_cuda import add_blur, add_gamma, add_noise_other, add_noise_rgb
+from .augmentation_cuda import apply_pixel_ops
 
-__all__ = ["GPU_OPS", "Randomizer", "randomize"]
+__all__ = ["GPU_OPS", "Randomizer", "randomize", "randomize_sample"]
 
 # In the CPU workers' order. Workers leave these to the GPU when gpu_augmentation=True
 # (registered as the crumpets.gpu_ops entry points) and list them in 'gpu_ops'.
-GPU_OPS = ("gamma", "blur", "noise")
-_NEUTRAL = {
-    "gamma": {"gamma_gray": None, "gamma_color": None, "contrast": None},
-    "blur": {"blur": None},
-    "noise": {"noise": None, "noise_seed": 0},
-}
+GPU_OPS = tuple(PIXEL_OPS)
 
 
 def randomize(image: torch.Tensor, augs: list[dict]) -> torch.Tensor:
     """Apply the pixel operations each sample's parameters leave to the GPU.
 
     A sample's ``'gpu_ops'`` lists them (all of :data:`GPU_OPS` if absent); it is emptied
-    afterwards, so applying twice changes nothing.
+    afterwards, so applying twice changes nothing. The whole batch goes through each
+    operation at once (see :func:`crumpets.torch.augmentation_cuda.apply_pixel_ops`).
 
     Raises:
         KeyError: a sample lacks a parameter an operation needs (names both).
+        ValueError: a parameter is invalid (names both), or there is not one dict per image.
     """
     if len(augs) != len(image):
         raise ValueError(f"{len(augs)} augmentation dicts for a batch of {len(image)} images")
-    for op in GPU_OPS:
-        wanted = [op in aug.get("gpu_ops", GPU_OPS) for aug in augs]
-        if not any(wanted):
-            continue
-        params = [aug if w else _NEUTRAL[op] for aug, w in zip(augs, wanted)]
-        if op == "gamma":
-            image = add_gamma(image, params)
-        elif op == "blur":
-            image = add_blur(image, params)
-        else:
-            image = (add_noise_rgb if image.shape[1] == 3 else add_noise_other)(image, params)
+    wanted = {op: [op in aug.get("gpu_ops", GPU_OPS) for aug in augs] for op in GPU_OPS}
+    image = apply_pixel_ops(image, augs, wanted)  # sensor-like noise, as the CPU workers add
     for aug in augs:
         aug["gpu_ops"] = []
     return image
 
 
+def randomize_sample(sample: dict) -> dict:
+    """:func:`randomize` every image buffer a worker augments, with its own parameters:
+    ``image`` with ``augmentation``, ``target_image`` with ``target_augmentation``
+    (:data:`crumpets.core.params.AUGMENTED_IMAGES`), where the sample has both.
+
+    A segmentation worker's label map lists no operation, so it is left alone.
+    Returns the sample, changed in place.
+    """
+    for key, params in AUGMENTED_IMAGES.items():
+        if key in sample and params in sample:
+            sample[key] = randomize(sample[key], sample[params])
+    return sample
+
+
 class Randomizer(torch.nn.Module):
     """Applies the pixel augmentations of ``sample['augmentation']`` to
-    ``sample['image']`` on its device, then forwards the sample through ``net``.
+    ``sample['image']`` on its device (and of ``sample['target_augmentation']`` to
+    ``sample['target_image']``, where present), then forwards the sample through ``net``.
 
     It does not rotate or resize: geometry is done in the workers.
 
@@ -67,5 +71,5 @@ class Randomizer(torch.nn.Module):
                 raise KeyError(
                     f"the Randomizer needs sample[{key!r}]; the sample has {sorted(sample)}"
                 )
-        sample["image"] = randomize(sample["image"], sample["augmentation"])
+        sample = randomize_sample(sample)
         return sample if self.net is None else self.net(sample, *args, **kwargs)
