@@ -102,11 +102,12 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks that print figures (never timed tests): fidelity, a worker's profile,
-    loader images/s, throughput against a torch DataLoader baseline (writes
+    GPU pixel kernels on CPU tensors, loader images/s, throughput against a torch DataLoader baseline (writes
     benchmarks/results.md), and the Trainer's per-step overhead."""
     install_local(session, ["core", "augment", "torch"], "scikit-image", "albumentations", "psutil")
     session.run("python", "benchmarks/fidelity.py")
     session.run("python", "benchmarks/profile_worker.py")
+    session.run("python", "benchmarks/pixel_ops.py")
     session.run("crumpets", "bench", "--batches", "60", "--samples", "512", *session.posargs)
     session.run("python", "benchmarks/throughput.py", "--gpu-split")
     install_demo(session)

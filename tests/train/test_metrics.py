@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _host_reads import count_host_reads
 
 from crumpets.train.metrics import (
     AccuracyMetric,
@@ -193,3 +194,69 @@ def test_missing_key_names_it_and_the_keys_present(metric: Metric, missing):
     with pytest.raises(KeyError) as info:
         metric(sample)
     assert info.value.args[0] == expected
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def every_metric():
+    return [
+        AccuracyMetric(top_k=2),
+        AverageMetric(),
+        ConfusionMatrix(6, target_key="label"),
+        MSELossMetric(target_key="o2"),
+        NSSMetric(target_key="gaze"),
+    ]
+
+
+def sample_on(device):
+    sample = {"output": OUTPUT, "label": LABEL, "gaze": torch.ones(4, 6), "o2": OUTPUT * 2}
+    return {key: value.to(device) for key, value in sample.items()}
+
+
+# 'meta' stands in for an accelerator where there is none: no values, but a device
+@pytest.mark.parametrize("device", ["cpu", "meta", pytest.param("cuda", marks=CUDA)])
+def test_update_reads_nothing_and_keeps_the_sums_on_the_samples_device(device):
+    metrics = every_metric()
+    combined = CombinedMetric(metrics)
+    sample = sample_on(device)
+    with count_host_reads() as reads:
+        combined.update(sample)
+        combined.update(sample)
+        AverageValue().add(sample["output"].mean(), n=4)
+    assert not reads, reads.most_common()
+    combined.reset()  # keeps the device, and so does all_reduce with an fn that does not
+    combined.all_reduce(lambda t: torch.zeros(t.shape, dtype=torch.float32))
+    for metric in metrics:
+        assert metric.state_names
+        for name in metric.state_names:
+            state = getattr(metric, name)
+            assert isinstance(state, torch.Tensor)
+            assert state.device.type == device and state.dtype == torch.float64
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_value_reads_once_per_metric_and_matches_calling_the_metric(device):
+    metrics, expected = every_metric(), every_metric()
+    combined = CombinedMetric(metrics)
+    for _ in range(2):
+        combined.update(sample_on(device))
+        values = [metric(sample_on("cpu")) for metric in expected]
+    with count_host_reads() as reads:
+        result = combined.value()
+    assert sum(reads.values()) == len(metrics), reads.most_common()
+    assert set(result) == {key for value in values for key in value}
+    for value in values:
+        for key, v in value.items():
+            np.testing.assert_array_equal(result[key], v)
+            assert type(result[key]) is type(v)
+
+
+def test_confusion_matrix_update_defers_out_of_range_targets_to_value():
+    metric = ConfusionMatrix(3)
+    metric.update({"output": torch.zeros(3, 3), "target_image": torch.tensor([0, 3, -1])})
+    assert metric.matrix.sum().item() == 1  # only the target in range is counted
+    with pytest.raises(ValueError, match=r"\[0, 3\), got 2 outside"):
+        metric.value()
+    metric.reset()
+    assert metric.value()["confusion_matrix"].sum() == 0

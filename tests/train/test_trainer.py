@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from _host_reads import count_host_reads
 from _train_data import DigitWorker, TinyNet, digit_samples
 
 from crumpets.torch import TorchTurboDataLoader
@@ -135,3 +136,86 @@ def test_array_metrics_survive_logs_and_resume(tmp_path):
     again, train, val = make(tmp_path)
     assert again.resume(tmp_path / "epoch_0000.pth") == 1
     assert again.state["history"][0]["val"]["confusion_matrix"] == matrix
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_an_epoch_reads_the_host_only_at_log_points_and_gets_the_same_numbers(tmp_path, quiet):
+    batch, data = 16, digit_samples(100 * 16)
+
+    def start():
+        torch.manual_seed(0)
+        net = TinyNet()
+        loader = TorchTurboDataLoader(data, batch, DigitWorker(), 1, device="cpu", seed=0)
+        return net, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), loader
+
+    net, opt, train = start()
+    loss, metric = CrossEntropyLoss(target_key="label"), AccuracyMetric()
+    args = (None, None, train, None, tmp_path)
+    trainer = Trainer(net, opt, loss, metric, *args, quiet=quiet, snapshot_interval=0)
+    with train, count_host_reads() as reads:
+        result = trainer.train_epoch()
+    assert len(train) == 100
+    # every log_every (default 20) steps and at the end: 6 reads quiet, 11 with the bar;
+    # reading per step (loss, non-finite check, metric sums and value) made 502
+    assert sum(reads.values()) <= 30, reads.most_common()
+
+    # the same epoch as a straightforward loop
+    net, opt, train = start()
+    net.train()
+    loss_sum, correct, count = 0.0, 0, 0
+    with train:
+        for _, (sample,) in train:
+            output = net(sample)
+            step_loss = loss(output)
+            step_loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss_sum += step_loss.item()
+            hits = output["output"].argmax(1) == sample["label"][:, 0]
+            correct, count = correct + int(hits.sum()), count + len(hits)
+    assert result["loss"] == loss_sum / 100
+    assert result["top1_accuracy"] == correct / count
+    for a, b in zip(trainer.network.parameters(), net.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_hooks_get_the_loss_tensor_and_metric_values_when_they_look(tmp_path):
+    trainer, train, val = make(tmp_path, snapshot_interval=0, log_every=4)
+    seen = []
+
+    def look(state, metric, loss, output):
+        assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and not loss.requires_grad
+        seen.append((float(loss), f"{loss:.4f}", dict(metric)))
+
+    trainer.add_hook("train_forward", look)
+    trainer.add_hook("val_forward", lambda state, **kwargs: None)  # looks at nothing
+    with train, val:
+        (record,) = trainer.train(1)
+    assert len(seen) == len(train)
+    assert record["train"]["loss"] == sum(loss for loss, _, _ in seen) / len(train)
+    assert seen[-1][1] == f"{seen[-1][0]:.4f}"
+    assert seen[-1][2] == {"top1_accuracy": record["train"]["top1_accuracy"]}
+    with pytest.raises(ValueError, match="log_every"):
+        make(tmp_path, log_every=0)
+
+
+def test_a_metric_without_update_is_called_per_batch(tmp_path):
+    class Batches:  # duck-typed: no update(), so calling it is the update
+        def reset(self):
+            self.n = 0
+
+        def __call__(self, sample):
+            self.n += 1
+            return self.value()
+
+        def value(self):
+            return {"batches": float(self.n)}
+
+    trainer, train, val = make(tmp_path, snapshot_interval=0)
+    trainer.metric = trainer.val_metric = Batches()
+    metrics = []
+    trainer.add_hook("train_forward", lambda state, metric, **_: metrics.append(metric))
+    with train, val:
+        (record,) = trainer.train(1)
+    assert record["train"]["batches"] == len(train) and record["val"]["batches"] == len(val)
+    assert metrics[:2] == [{"batches": 1.0}, {"batches": 2.0}]

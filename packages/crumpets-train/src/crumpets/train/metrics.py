@@ -1,13 +1,17 @@
 """Running metrics over crumpets' sample dicts.
 
 Calling a metric with a sample adds the batch to its running state and returns
-``{metric_key: value so far}``; ``value()`` returns the same without adding anything and
-``reset()`` starts over. Values are plain Python floats (numpy arrays for
-:class:`ConfusionMatrix`).
+``{metric_key: value so far}``; ``update(sample)`` adds without returning anything,
+``value()`` returns the value without adding anything and ``reset()`` starts over. Values
+are plain Python floats (numpy arrays for :class:`ConfusionMatrix`).
 
-For distributed training every metric keeps its running state as float64 CPU tensors named
-in ``state_names``, all of them sums, so ``all_reduce(fn)`` with an ``fn`` that sums a
-tensor over the ranks turns the local state into the global one.
+Every metric keeps its running state as tensors named in ``state_names``, all of them sums.
+They live on the device of the tensors they are updated from (they move there at the first
+update) as float64, or float32 where the device has no float64 ('mps'). So ``update`` never
+waits for the device: only ``value()`` (and calling the metric, which calls it) reads the
+sums on the host, once per metric, the way torchmetrics' ``compute()`` does. For distributed
+training ``all_reduce(fn)`` with an ``fn`` that sums a tensor over the ranks turns the local
+state into the global one (with NCCL the states are already on the GPU, as it needs).
 
 Example:
     >>> metric = AccuracyMetric(top_k=5)
@@ -43,12 +47,12 @@ __all__ = [
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _cpu64(x: torch.Tensor | float) -> torch.Tensor:
-    return torch.as_tensor(x).detach().to("cpu", torch.float64)
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
 
 
 class _RunningState:
-    """Named float64 CPU tensors that hold sums, with reset and all_reduce."""
+    """Named tensors that hold sums, on the device they are updated from; reset, all_reduce."""
 
     def __init__(self) -> None:
         self.state_names: list[str] = []
@@ -57,13 +61,31 @@ class _RunningState:
         setattr(self, name, torch.zeros(shape, dtype=torch.float64))
         self.state_names.append(name)
 
+    def _to(self, device: torch.device) -> torch.dtype:
+        """Moves the states to ``device`` (a no-op where they are); returns their dtype there."""
+        dtype = _sum_dtype(device)
+        for name in self.state_names:
+            state = getattr(self, name)
+            if state.device != device:
+                setattr(self, name, state.to(device, dtype))
+        return dtype
+
+    def _add(self, **sums: torch.Tensor | int) -> None:
+        """Adds each value to the state of its name, on the device of the first tensor value,
+        without reading anything on the host."""
+        device = next(v.device for v in sums.values() if isinstance(v, torch.Tensor))
+        dtype = self._to(device)
+        for name, value in sums.items():
+            state = getattr(self, name)
+            state += value.detach().to(dtype) if isinstance(value, torch.Tensor) else value
+
     def reset(self) -> None:
-        """Forget everything seen so far."""
+        """Forget everything seen so far (the states stay on their device)."""
         for name in self.state_names:
             setattr(self, name, torch.zeros_like(getattr(self, name)))
 
     def all_reduce(self, fn: ReduceFn) -> None:
-        """Replace each state tensor ``t`` by ``fn(t)``.
+        """Replace each state tensor ``t`` by ``fn(t)``, kept on ``t``'s device and dtype.
 
         Args:
             fn: returns the reduced tensor (e.g. the sum over all ranks), same shape.
@@ -85,19 +107,22 @@ class _RunningState:
                     f"all_reduce's fn changed the shape of {type(self).__name__}.{name} from "
                     f"{tuple(old.shape)} to {tuple(new.shape)}"
                 )
-            setattr(self, name, _cpu64(new))
+            setattr(self, name, new.detach().to(old.device, old.dtype))
 
 
 def _ratio(total: torch.Tensor, count: torch.Tensor) -> float:
+    t, n = torch.stack([total, count]).tolist()  # one read of the device
     # before the first batch there is nothing to average; 0.0 keeps logs valid JSON (no NaN)
-    return float(total / count) if count > 0 else 0.0
+    return t / n if n > 0 else 0.0
 
 
 class Metric(_RunningState, ABC):
     """Base of all metrics: reads tensors from sample dicts and keeps running sums.
 
-    Subclasses implement :meth:`update` and :meth:`value`, and register their running sums
-    with ``self._add_state(name, shape)``.
+    Subclasses implement :meth:`update` and :meth:`value`, register their running sums
+    with ``self._add_state(name, shape)`` and add to them with ``self._add(name=tensor)``,
+    which keeps them on the tensor's device; ``update`` should read nothing on the host
+    (no ``item()``, ``float()``, ``bool()`` of a tensor), so that it never waits for the device.
 
     Args:
         output_key: key of the output in the sample.
@@ -119,6 +144,8 @@ class Metric(_RunningState, ABC):
     def __call__(self, sample: dict) -> dict:
         """Add the batch in ``sample`` to the running state.
 
+        Reads the running state on the host (see :meth:`value`); :meth:`update` does not.
+
         Returns:
             ``{metric_key: value}`` over all batches since the last reset.
 
@@ -131,11 +158,18 @@ class Metric(_RunningState, ABC):
 
     @abstractmethod
     def update(self, sample: dict) -> None:
-        """Add the batch in ``sample`` to the running state."""
+        """Add the batch in ``sample`` to the running state, without reading it on the host.
+
+        Raises:
+            KeyError: if the sample lacks a key the metric reads.
+        """
 
     @abstractmethod
     def value(self) -> dict:
-        """Returns ``{metric_key: value}`` over all batches since the last reset."""
+        """Returns ``{metric_key: value}`` over all batches since the last reset.
+
+        This reads the running state on the host (once), so it waits for the device.
+        """
 
 
 class AccuracyMetric(Metric):
@@ -181,8 +215,7 @@ class AccuracyMetric(Metric):
             raise ValueError(f"top_k={self.top_k} but the output has {output.shape[1]} classes")
         top = output.topk(self.top_k, dim=1).indices
         hits = (top == target.unsqueeze(1)).any(dim=1)
-        self.correct += _cpu64(hits.sum())
-        self.count += hits.numel()
+        self._add(correct=hits.sum(), count=hits.numel())
 
     def value(self) -> dict:
         return {self.metric_key: _ratio(self.correct, self.count)}
@@ -203,8 +236,7 @@ class AverageMetric(Metric):
 
     def update(self, sample: dict) -> None:
         values = torch.as_tensor(get(sample, self.output_key, self))
-        self.total += _cpu64(values.sum())
-        self.count += values.numel()
+        self._add(total=values.sum(), count=values.numel())
 
     def value(self) -> dict:
         return {self.metric_key: _ratio(self.total, self.count)}
@@ -222,9 +254,10 @@ class AverageValue(_RunningState):
         self._add_state("count")
 
     def add(self, value: float | torch.Tensor, n: int = 1) -> None:
-        """Add ``n`` observations whose mean is ``value``."""
-        self.total += _cpu64(value) * n
-        self.count += n
+        """Add ``n`` observations whose mean is ``value`` (a tensor stays on its device)."""
+        value = torch.as_tensor(value).detach()
+        dtype = self._to(value.device)
+        self._add(total=value.to(dtype) * n, count=n)
 
     def value(self) -> float:
         """The mean of all observations so far (0.0 before the first)."""
@@ -242,16 +275,25 @@ class CombinedMetric:
         self.children = list(children)
 
     def __call__(self, sample: dict) -> dict:
+        """Add the batch to every child; returns their merged values (reads each once)."""
         return self._merge([child(sample) for child in self.children])
 
+    def update(self, sample: dict) -> None:
+        """Add the batch to every child, without reading anything on the host."""
+        for child in self.children:
+            child.update(sample)
+
     def value(self) -> dict:
+        """The children's merged values (one read of the device per child)."""
         return self._merge([child.value() for child in self.children])
 
     def reset(self) -> None:
+        """Reset every child."""
         for child in self.children:
             child.reset()
 
     def all_reduce(self, fn: ReduceFn) -> None:
+        """``all_reduce(fn)`` of every child."""
         for child in self.children:
             child.all_reduce(fn)
 
@@ -277,6 +319,9 @@ class ConfusionMatrix(Metric):
         metric_key: key of the matrix in the returned dict.
 
     The value is a C x C int64 numpy array: rows are targets, columns predictions.
+    :meth:`update` does not read the device, so targets outside [0, C) are not counted
+    there but in the state ``out_of_range``, and :meth:`value` raises ValueError for them
+    (calling the metric does both, so it raises at once).
     """
 
     def __init__(
@@ -291,6 +336,7 @@ class ConfusionMatrix(Metric):
         super().__init__(output_key, target_key, metric_key)
         self.nclasses = nclasses
         self._add_state("matrix", (nclasses, nclasses))
+        self._add_state("out_of_range")
 
     def update(self, sample: dict) -> None:
         output = get(sample, self.output_key, self)
@@ -302,17 +348,27 @@ class ConfusionMatrix(Metric):
                 f"{tuple(target.shape)}"
             )
         target = target.flatten()
-        if target.numel() and (target.min() < 0 or target.max() >= self.nclasses):
-            raise ValueError(
-                f"ConfusionMatrix targets must be in [0, {self.nclasses}), got values from "
-                f"{int(target.min())} to {int(target.max())}"
-            )
-        pred = output.argmax(dim=1).flatten()
-        counts = torch.bincount(target * self.nclasses + pred, minlength=self.nclasses**2)
-        self.matrix += _cpu64(counts).view(self.nclasses, self.nclasses)
+        valid = (target >= 0) & (target < self.nclasses)
+        pairs = torch.where(valid, target * self.nclasses + output.argmax(dim=1).flatten(), 0)
+        # scatter_add_, not bincount: on CUDA bincount reads the maximum on the host
+        counts = torch.zeros(self.nclasses**2, dtype=torch.int64, device=pairs.device)
+        counts.scatter_add_(0, pairs, valid.long())
+        self._add(matrix=counts.view(self.nclasses, self.nclasses), out_of_range=(~valid).sum())
 
     def value(self) -> dict:
-        return {self.metric_key: self.matrix.numpy().astype(np.int64)}
+        """Returns ``{metric_key: C x C int64 array}``.
+
+        Raises:
+            ValueError: if targets outside [0, C) were seen since the last reset.
+        """
+        flat = torch.cat([self.out_of_range.view(1), self.matrix.flatten()])
+        counts = flat.numpy(force=True).astype(np.int64)  # one read of the device
+        if counts[0]:
+            raise ValueError(
+                f"ConfusionMatrix targets must be in [0, {self.nclasses}), got {counts[0]} "
+                "outside since the last reset"
+            )
+        return {self.metric_key: counts[1:].reshape(self.nclasses, self.nclasses)}
 
     def get_true_false_positives(self) -> np.ndarray:
         """Per class counts from the matrix so far.
@@ -321,7 +377,7 @@ class ConfusionMatrix(Metric):
             C x 3 int64 array: true positives (predicted c, target c), false positives
             (predicted c, target not c) and the number of samples whose target is c.
         """
-        m = self.matrix.numpy().astype(np.int64)
+        m = self.value()[self.metric_key]
         tp = np.diag(m)
         return np.stack([tp, m.sum(axis=0) - tp, m.sum(axis=1)], axis=1)
 
@@ -351,8 +407,8 @@ class MSELossMetric(Metric):
                 f"MSELossMetric: output {tuple(output.shape)} and target "
                 f"{tuple(target.shape)} differ in shape"
             )
-        self.total += _cpu64(((output.double() - target.double()) ** 2).sum())
-        self.count += output.numel()
+        dtype = self._to(output.device)
+        self._add(total=((output.to(dtype) - target.to(dtype)) ** 2).sum(), count=output.numel())
 
     def value(self) -> dict:
         return {self.metric_key: _ratio(self.total, self.count)}
@@ -381,9 +437,9 @@ class NSSMetric(Metric):
     def update(self, sample: dict) -> None:
         output = get(sample, self.output_key, self)
         target = get(sample, self.target_key, self)
-        nss, valid = nss_per_image(output.double(), target.double())
-        self.total += _cpu64(nss.sum())
-        self.count += _cpu64(valid.sum())
+        dtype = self._to(output.device)
+        nss, valid = nss_per_image(output.to(dtype), target.to(dtype))
+        self._add(total=nss.sum(), count=valid.sum())
 
     def value(self) -> dict:
         return {self.metric_key: _ratio(self.total, self.count)}

@@ -4,6 +4,9 @@ Each step measures how long it waited for the loader, so the progress bar and th
 show at once whether data or the model is the bottleneck. Under torchrun (``WORLD_SIZE``
 > 1) the network is wrapped in DistributedDataParallel, each rank's loader reads its own
 shard, metrics are summed over ranks, and only rank 0 prints, logs and writes snapshots.
+
+Loss and metric sums stay on the device; the host reads them only every ``log_every``
+steps and at the end of an epoch, so a GPU's queue is never drained step by step.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -64,6 +67,70 @@ def _device_of(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
+
+
+class _LossWatch:
+    """An epoch's sum of batch losses and its first non-finite loss, kept on the device.
+
+    :meth:`add` reads nothing on the host; :meth:`read` reads everything at once.
+    """
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None  # made on the device of the first loss
+        self.bad_iteration: torch.Tensor  # -1 until a loss is not finite
+        self.bad_loss: torch.Tensor
+
+    def add(self, losses: list[torch.Tensor], iteration: int) -> torch.Tensor:
+        """Adds a batch: the mean of its parts' ``losses``; returns that mean (0-dim)."""
+        if self.total is None:
+            device = losses[0].device
+            self.total = torch.zeros((), dtype=_sum_dtype(device), device=device)
+            self.bad_iteration = torch.full_like(self.total, -1.0)
+            self.bad_loss = torch.zeros_like(self.total)
+        loss = sum(part.to(self.total.dtype) / len(losses) for part in losses)
+        self.total += loss
+        first = ~torch.isfinite(loss) & (self.bad_iteration < 0)
+        self.bad_iteration = torch.where(first, float(iteration), self.bad_iteration)
+        self.bad_loss = torch.where(first, loss, self.bad_loss)
+        return loss
+
+    def read(self) -> tuple[float, int | None, float]:
+        """(loss sum, first iteration with a non-finite loss or None, that loss)."""
+        if self.total is None:
+            return 0.0, None, math.nan
+        total, iteration, loss = torch.stack(
+            [self.total, self.bad_iteration, self.bad_loss]
+        ).tolist()
+        return total, int(iteration) if iteration >= 0 else None, loss
+
+
+class _LazyValues(Mapping):
+    """``metric.value()``, computed when a hook first reads it (reading waits for the device)."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._values: dict | None = None
+
+    def _get(self) -> dict:
+        if self._values is None:
+            self._values = self._metric.value()
+        return self._values
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
+
 class Trainer:
     """Trains ``network`` one epoch, validates one epoch, and repeats.
 
@@ -86,6 +153,25 @@ class Trainer:
         amp: None, 'bf16' or 'fp16': mixed precision with torch.autocast (fp16 with a
             gradient scaler).
         accumulate: batches whose gradients are summed before an optimizer step.
+        log_every: steps between host reads of the loss and metrics: the check for a
+            non-finite loss and the progress bar's values (also read at each epoch's end).
+
+    Raises:
+        FloatingPointError: from training or validation, at the first read after a
+            non-finite loss; it names the phase, epoch and iteration of the first one.
+
+    Unlike crumpets 3, the Trainer reads the device's values on the host only every
+    ``log_every`` steps and at the end of an epoch, never per step, so that a GPU's queue
+    keeps running ahead of the host. Hence:
+
+    - a non-finite loss stops training at the next read, up to ``log_every`` steps later
+      (those steps still run; the message names the first bad iteration);
+    - the progress bar shows the epoch's mean loss so far, updated at those reads;
+    - the ``loss`` given to the 'train_forward', 'train_backward' and 'val_forward' hooks
+      is the batch's loss as a detached 0-dim tensor, not a float (``float(loss)`` and
+      ``f"{loss:.4f}"`` work, and read it), and ``metric`` is a read-only mapping that calls
+      ``metric.value()`` when the hook first reads it, in that step (reading waits for the
+      device; a hook that does not look costs nothing).
     """
 
     def __init__(
@@ -106,11 +192,14 @@ class Trainer:
         *,
         amp: str | None = None,
         accumulate: int = 1,
+        log_every: int = 20,
     ):
         if amp not in AMP:
             raise ValueError(f"amp must be one of {sorted(AMP, key=str)}, got {amp!r}")
         if int(accumulate) < 1:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
+        if int(log_every) < 1:
+            raise ValueError(f"log_every must be >= 1, got {log_every}")
         self.rank, self.world_size = _init_distributed()
         if self.world_size > 1 and not isinstance(
             network, torch.nn.parallel.DistributedDataParallel
@@ -133,6 +222,7 @@ class Trainer:
         self.outdir = os.fspath(outdir)
         self.amp = amp
         self.accumulate = int(accumulate)
+        self.log_every = int(log_every)
         self.device_type = _device_of(network).type
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=amp == "fp16")
         self.hooks: dict[str, list[Callable]] = {name: [] for name in EVENTS}
@@ -165,27 +255,37 @@ class Trainer:
             fun(self.state, **kwargs)
 
     # -- one step -----------------------------------------------------------------------
-    def _forward(self, mini_batches: list, loss_fn: Any, phase: str) -> tuple[Any, torch.Tensor]:
-        """Forward (and, in training, backward) of one batch; returns outputs and loss."""
+    def _forward(self, mini_batches: list, loss_fn: Any, phase: str) -> tuple[list, list]:
+        """Forward (and, in training, backward) of one batch; returns outputs and losses
+        (detached), one per part."""
         parts = [mini_batches] if isinstance(self._plain_net, ParallelApply) else mini_batches
-        outputs, total = [], 0.0
+        outputs, losses = [], []
         for sample in parts:
             self._fire(f"{phase}_pre_forward", sample=sample)
             autocast = torch.autocast(self.device_type, AMP[self.amp], enabled=self.amp is not None)
             with autocast:
                 output = self.network(sample)
                 loss = loss_fn(output)
-            if not torch.isfinite(loss.detach()).all():
-                raise FloatingPointError(
-                    f"{phase} loss is {loss.item()} at epoch {self.state['epoch']}, iteration "
-                    f"{self.state['iteration']}; training stopped. Last good snapshot: "
-                    f"{self.last_snapshot or 'none yet'}"
-                )
             if phase == "train":
                 self.scaler.scale(loss / (len(parts) * self.accumulate)).backward()
             outputs.append(output)
-            total += loss.detach().float().item() / len(parts)
-        return outputs, total
+            losses.append(loss.detach())
+        return outputs, losses
+
+    def _read(self, watch: _LossWatch, phase: str) -> float:
+        """The epoch's loss sum so far, read on the host.
+
+        Raises:
+            FloatingPointError: if a loss since the start of the epoch was not finite.
+        """
+        total, iteration, loss = watch.read()
+        if iteration is not None:
+            raise FloatingPointError(
+                f"{phase} loss is {loss} at epoch {self.state['epoch']}, iteration "
+                f"{iteration}; training stopped. Last good snapshot: "
+                f"{self.last_snapshot or 'none yet'}"
+            )
+        return total
 
     @property
     def _plain_net(self) -> torch.nn.Module:
@@ -196,10 +296,12 @@ class Trainer:
         train = phase == "train"
         self.network.train(train)
         metric.reset()
-        loss_sum = 0.0  # sum of batch losses, over `batches`
+        update = getattr(metric, "update", None)  # None: a duck-typed metric, called instead
+        watch = _LossWatch()  # sum of batch losses, over `batches`
+        loss_sum, read_at = 0.0, 0  # as of the last read, after `read_at` batches
         batches = samples = 0
         waited = computed = 0.0
-        values: dict = {}
+        values: Mapping = {}
         self._fire(f"{phase}_begin")
         bar = (
             None
@@ -212,12 +314,18 @@ class Trainer:
             for step, (_, mini_batches) in enumerate(loader):
                 t_data = time.perf_counter()
                 waited += t_data - t_ready
-                outputs, loss = self._forward(mini_batches, loss_fn, phase)
-                for output in outputs:
-                    values = metric(output)
-                    n = len(next(iter(v for v in output.values() if isinstance(v, torch.Tensor))))
-                    samples += n
-                loss_sum += loss
+                outputs, losses = self._forward(mini_batches, loss_fn, phase)
+                loss = watch.add(losses, self.state["iteration"])
+                with torch.no_grad():
+                    for output in outputs:
+                        if update is not None:
+                            update(output)
+                        else:
+                            values = metric(output)
+                        n = len(next(v for v in output.values() if isinstance(v, torch.Tensor)))
+                        samples += n
+                if update is not None:
+                    values = _LazyValues(metric)
                 batches += 1
                 self._fire(f"{phase}_forward", metric=values, loss=loss, output=outputs[-1])
                 if train:
@@ -227,15 +335,21 @@ class Trainer:
                         self.scaler.update()
                         self.optimizer.zero_grad(set_to_none=True)
                     self.state["iteration"] += 1
+                if batches % self.log_every == 0:
+                    loss_sum, read_at = self._read(watch, phase), batches
+                    if bar is not None:
+                        _postfix(bar, loss_sum / batches, waited, computed, values)
                 t_ready = time.perf_counter()
                 computed += t_ready - t_data
                 if bar is not None:
-                    wait = waited / max(waited + computed, 1e-9)
-                    bar.set_postfix(loss=f"{loss:.4f}", data_wait=f"{wait:.0%}", **_short(values))
                     bar.update(1)
-        if bar is not None:
-            bar.close()
+        if read_at != batches:
+            loss_sum = self._read(watch, phase)
         result = self._reduce(metric, loss_sum, batches, samples)
+        if bar is not None:
+            metrics = {k: v for k, v in result.items() if k != "loss"}
+            _postfix(bar, result["loss"], waited, computed, metrics)
+            bar.close()
         elapsed = waited + computed
         result.update(
             {
@@ -251,8 +365,11 @@ class Trainer:
     def _reduce(self, metric: Any, loss_sum: float, batches: int, samples: int) -> dict:
         if self.world_size > 1:
             metric.all_reduce(_sum_over_ranks)
-            sums = torch.tensor([loss_sum, batches, samples], dtype=torch.float64)
-            loss_sum, batches, samples = _sum_over_ranks(sums).tolist()
+            # on the training device: NCCL reduces GPU tensors only
+            device = _device_of(self.network)
+            local = [loss_sum, batches, samples]
+            sums = _sum_over_ranks(torch.tensor(local, dtype=_sum_dtype(device), device=device))
+            loss_sum, batches, samples = sums.tolist()
         loss = loss_sum / batches if batches else math.nan
         # plain values: the history goes into JSON logs and weights-only snapshots
         values = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in metric.value().items()}
@@ -341,7 +458,12 @@ class Trainer:
         return snap["epoch"] + 1
 
 
-def _short(values: dict) -> dict:
+def _postfix(bar: Any, loss: float, waited: float, computed: float, values: Mapping) -> None:
+    wait = waited / max(waited + computed, 1e-9)
+    bar.set_postfix(loss=f"{loss:.4f}", data_wait=f"{wait:.0%}", **_short(values), refresh=False)
+
+
+def _short(values: Mapping) -> dict:
     return {k: f"{v:.4f}" for k, v in values.items() if isinstance(v, float) and math.isfinite(v)}
 
 
