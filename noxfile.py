@@ -102,8 +102,9 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks that print figures (never timed tests): fidelity, a worker's profile,
-    GPU pixel kernels on CPU tensors, loader images/s, throughput against a torch DataLoader baseline (writes
-    benchmarks/results.md), and the Trainer's per-step overhead."""
+    the GPU pixel kernels on CPU tensors, loader images/s, throughput against a torch
+    DataLoader baseline (writes benchmarks/results.md), and the Trainer's per-step
+    overhead."""
     install_local(session, ["core", "augment", "torch"], "scikit-image", "albumentations", "psutil")
     session.run("python", "benchmarks/fidelity.py")
     session.run("python", "benchmarks/profile_worker.py")

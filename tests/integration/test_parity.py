@@ -50,6 +50,8 @@ def test_gamma_color_contrast_parity(name, gray, color, contrast):
         as_batch(im), [{"gamma_gray": gray, "gamma_color": color, "contrast": contrast}]
     )
     assert mad(expected, got) <= 1.0
+    # the same float64 table: equal but for a rounding tie
+    assert np.abs(expected.astype(int) - got[0].permute(1, 2, 0).numpy()).max() <= 1
     assert mad(im, got) > 1.0  # the operation did something
 
 

@@ -243,7 +243,7 @@ def _noise(
         z = windows.index_select(0, p[:, 8].view(n).to(torch.int64)).view(im.shape)
     else:
         z = torch.randn(im.shape, generator=_batch_generator(augs, im.device), device=im.device)
-    x = torch.addcmul(im.to(torch.float32), z, p[:, 5 : 5 + c].float())
+    x = torch.addcmul(im, z, p[:, 5 : 5 + c].float())  # float32 (type promotion)
     if im.is_floating_point():
         return x.clamp_(float(minv or 0.0), top).to(im.dtype)
     # round half to even and saturate, like OpenCV's conversion to uint8

@@ -77,7 +77,14 @@ def run(args: argparse.Namespace) -> int:
         worker = worker_class((size, np.uint8), image_rng=getattr(presets, args.preset))
     try:
         loader = TorchTurboDataLoader(
-            data, args.batch_size, worker, args.nworkers, device=args.device, shuffle=True, seed=0
+            data,
+            args.batch_size,
+            worker,
+            args.nworkers,
+            device=args.device,
+            gpu_augmentation=args.gpu_augmentation,
+            shuffle=True,
+            seed=0,
         )
     except ValueError as exc:
         print(f"crumpets bench: {exc}", file=sys.stderr)
@@ -101,9 +108,10 @@ def run(args: argparse.Namespace) -> int:
                 if done == args.batches:
                     break
         bar.close()
+    where = f"device {args.device}" + (", gpu_augmentation" if args.gpu_augmentation else "")
     print(
         f"{args.worker} + {args.preset}, {args.size}x{args.size}, batch {args.batch_size}, "
-        f"{args.nworkers} workers, device {args.device}: median {statistics.median(rates):,.0f} "
+        f"{args.nworkers} workers, {where}: median {statistics.median(rates):,.0f} "
         f"images/s over {len(rates)} batches; first batch {first * 1000:.0f} ms after start"
     )
     return 0
@@ -122,4 +130,9 @@ def setup(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nworkers", type=int, default=2)
     parser.add_argument("--batches", type=int, default=50)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--gpu-augmentation",
+        action="store_true",
+        help="workers leave gamma, blur and noise to the loader, which applies them on --device",
+    )
     parser.set_defaults(func=run)
