@@ -125,12 +125,18 @@ def test_exception_in_loop_body_and_keyboard_interrupt_stop_cleanly():
 
 
 def test_real_sigint_mid_iteration():
-    with pytest.raises(KeyboardInterrupt):
-        with TurboDataLoader(SAMPLES, 10, SlowWorker(), 2) as loader:
-            for iteration, _ in loader:
-                if iteration == 1:
-                    os.kill(os.getpid(), signal.SIGINT)
-                    time.sleep(5)  # interrupted long before
+    # Python's own handler, also where the test run started with SIGINT ignored (a shell
+    # runs background jobs so)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with TurboDataLoader(SAMPLES, 10, SlowWorker(), 2) as loader:
+                for iteration, _ in loader:
+                    if iteration == 1:
+                        os.kill(os.getpid(), signal.SIGINT)
+                        time.sleep(5)  # interrupted long before
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_not_started_loader_says_how_to_start():
