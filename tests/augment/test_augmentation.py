@@ -13,6 +13,7 @@ from crumpets.augment import augmentation_cpu as K
 from crumpets.augment.augmentation import (
     calc_scale_ratio,
     decode_image,
+    decode_opencv,
     image_size,
     make_transform,
     randomize_image,
@@ -107,10 +108,22 @@ def test_4x_downscale_matches_float64_area_average(form, name):
 def test_jpeg_is_decoded_at_reduced_scale_when_target_is_small():
     data = encode(photo("coffee"))  # 400 x 600
     assert image_size(data) == (400, 600)
-    im, factor = decode_image(data, True, min_height=100, min_width=150)
-    assert factor == 4 and im.shape == (100, 150, 3)
-    im, factor = decode_image(data, True, min_height=201, min_width=10)
-    assert factor == 1 and im.shape == (400, 600, 3)
+    im = decode_image(data, True, min_height=100, min_width=150)
+    assert im.shape == (100, 150, 3)  # 1/4
+    assert decode_image(data, True, min_height=201, min_width=10).shape == (400, 600, 3)
+    # min_factor: the smallest reduction worth doing (the reference's parameter)
+    assert decode_image(data, True, 150, 200, min_factor=2).shape == (200, 300, 3)
+    assert decode_image(data, True, 150, 200, min_factor=4).shape == (400, 600, 3)
+    assert decode_image(data, False, 50, 75, min_factor=8).shape == (50, 75, 1)
+
+
+def test_decoders_return_rgb_like_the_reference():
+    im = photo("coffee")  # RGB
+    data = encode(im, ".png")
+    np.testing.assert_array_equal(decode_opencv(data, True), im)
+    np.testing.assert_array_equal(decode_image(data, True), im)
+    gray = decode_opencv(data, False)
+    assert gray.shape == (*im.shape[:2], 1)
 
 
 def test_mirrors_flip_the_output():

@@ -295,7 +295,7 @@ def test_noise_rejects_bad_arguments(photos, kernel):
     with pytest.raises(ValueError, match="strength"):
         kernel(im, -0.1, seed=1)
     with pytest.raises(TypeError, match="seed"):
-        kernel(im, 0.1, seed=None)
+        kernel(im, 0.1, seed=1.5)
 
 
 # --- blur ------------------------------------------------------------------------------------
@@ -356,3 +356,11 @@ def test_blur_zero_is_identity(photos, sigma):
 def test_blur_rejects_negative_sigma(photos):
     with pytest.raises(ValueError, match="sigma"):
         K.add_blur(photos["chelsea"], -1.0)
+
+
+def test_noise_without_a_seed_is_the_references_call():
+    im = np.full((64, 64, 3), 128, np.uint8)
+    a, b = K.add_noise_rgb(im, 0.1), K.add_noise_rgb(im, 0.1)  # add_noise_rgb(im, strength)
+    assert not np.array_equal(a, b)  # a fresh pattern each call
+    assert abs((a.astype(float) - 128).std() / (0.1 * 64 * np.sqrt(5 / 6)) - 1) < 0.1
+    assert not np.array_equal(K.add_noise_other(im, 0.1), K.add_noise_other(im, 0.1))

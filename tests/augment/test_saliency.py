@@ -11,7 +11,7 @@ from _photos import encode, photo
 
 from crumpets.augment import SaliencyWorker
 from crumpets.augment.presets import MixtureRNG
-from crumpets.augment.saliency import check_range, discretize_points, interpolate_points
+from crumpets.augment.workers.saliency import check_range, discretize_points, interpolate_points
 from crumpets.core import TurboDataLoader, pack
 from crumpets.core._plugins import load_entry_point
 

@@ -240,7 +240,7 @@ def test_gpu_augmentation_leaves_registered_ops_to_the_gpu(monkeypatch):
         ClassificationWorker(((3, 64, 64), np.uint8), ((1,), np.int64), image_rng=rng), data, 1
     )
     plain = run(ClassificationWorker(((3, 64, 64), np.uint8), ((1,), np.int64)), data, 1)
-    monkeypatch.setattr(workers, "_gpu_ops", lambda: frozenset({"gamma", "noise", "blur"}))
+    monkeypatch.setattr(workers._image, "_gpu_ops", lambda: frozenset({"gamma", "noise", "blur"}))
     gpu = run(
         ClassificationWorker(
             ((3, 64, 64), np.uint8), ((1,), np.int64), image_rng=rng, gpu_augmentation=True
@@ -257,7 +257,7 @@ def test_gpu_augmentation_leaves_registered_ops_to_the_gpu(monkeypatch):
 
 
 def test_gpu_augmentation_lists_what_each_image_leaves_and_converts_on_the_cpu(monkeypatch):
-    monkeypatch.setattr(workers, "_gpu_ops", lambda: frozenset({"gamma", "noise", "blur"}))
+    monkeypatch.setattr(workers._image, "_gpu_ops", lambda: frozenset({"gamma", "noise", "blur"}))
     rng = MixtureRNG(prob=0.5, brightness_range=(0.3, 0.3), blur_range=(0.01, 0.01))
     data = samples(24)
     seg = SegmentationWorker(
@@ -382,3 +382,17 @@ def test_workers_are_registered_entry_points():
 
     assert load_entry_point("crumpets.workers", "classification") is ClassificationWorker
     assert load_entry_point("crumpets.workers", "segmentation") is SegmentationWorker
+
+
+def test_the_references_worker_modules_import():
+    # crumpets.workers.saliency and crumpets.workers.segmentation in crumpets 3
+    from crumpets.augment.workers.saliency import (
+        SaliencyWorker,
+        check_range,
+        discretize_points,
+        interpolate_points,
+    )
+    from crumpets.augment.workers.segmentation import SegmentationWorker as Seg
+
+    assert Seg is SegmentationWorker and SaliencyWorker.__module__.endswith("workers.saliency")
+    assert callable(check_range) and callable(discretize_points) and callable(interpolate_points)

@@ -139,6 +139,17 @@ def test_real_sigint_mid_iteration():
         signal.signal(signal.SIGINT, previous)
 
 
+def test_process_that_yields_several_results_is_refused_clearly():
+    class Several(Worker):
+        def process(self, request):
+            for i in request.indices:
+                yield {"i": i}
+
+    with TurboDataLoader(SAMPLES, 10, Several(), 1) as loader:
+        with pytest.raises(TypeError, match="Several.process returned a generator: return one"):
+            next(iter(loader))
+
+
 def test_not_started_loader_says_how_to_start():
     loader = TurboDataLoader(SAMPLES, 10, IndexWorker(), 1)
     with pytest.raises(RuntimeError, match="with loader"):

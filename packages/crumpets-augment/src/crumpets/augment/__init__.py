@@ -6,8 +6,13 @@ Works with numpy and OpenCV alone; torch is never imported.
 from ._version import __version__
 from .augmentation import randomize_image
 from .rng import RNG, MixtureRNG, NoRNG
-from .saliency import SaliencyWorker
-from .workers import ClassificationWorker, FCNWorker, ImageWorker, SegmentationWorker
+from .workers import (
+    ClassificationWorker,
+    FCNWorker,
+    ImageWorker,
+    SaliencyWorker,
+    SegmentationWorker,
+)
 
 __all__ = [
     "RNG",

@@ -99,8 +99,9 @@ def _check_complete(data: bytes) -> None:
         raise ValueError(f"truncated PNG ({len(data)} bytes, no IEND chunk)")
 
 
-def decode_opencv(data: bytes, color: bool, reduce: int = 1) -> np.ndarray:
-    """Decode image bytes with OpenCV: BGR (HxWx3) if ``color``, else gray (HxW).
+def _decode(data: bytes, color: bool, reduce: int = 1) -> np.ndarray:
+    """Decode image bytes with OpenCV: BGR (HxWx3) if ``color``, else gray (HxW), as the
+    workers want them (the BGR to RGB conversion folds into the warp's RGBA conversion).
 
     EXIF orientation is ignored, so pixels, sizes and keypoints refer to the stored
     pixel grid. ``reduce`` (2, 4 or 8) decodes a JPEG at that fraction of its size.
@@ -123,26 +124,54 @@ def decode_opencv(data: bytes, color: bool, reduce: int = 1) -> np.ndarray:
     return im
 
 
+def _as_reference(im: np.ndarray) -> np.ndarray:
+    # what crumpets 3's decoders return: RGB (HxWx3), or gray as HxWx1
+    return cv2.cvtColor(im, cv2.COLOR_BGR2RGB) if im.ndim == 3 else im[:, :, None]
+
+
+def decode_opencv(data: bytes, color: bool) -> np.ndarray:
+    """Decode image bytes with OpenCV: RGB (HxWx3) if ``color``, else gray (HxWx1).
+
+    EXIF orientation is ignored, so pixels, sizes and keypoints refer to the stored
+    pixel grid.
+
+    Raises:
+        ValueError: if the data is not a complete image OpenCV can decode.
+    """
+    return _as_reference(_decode(data, color))
+
+
 def decode_image(
-    data: bytes, color: bool, min_height: int = 0, min_width: int = 0
-) -> tuple[np.ndarray, int]:
+    data: bytes, color: bool, min_height: int = 0, min_width: int = 0, min_factor: int = 2
+) -> np.ndarray:
     """Decode image bytes, as small as allowed: JPEGs at 1/2, 1/4 or 1/8 scale if the
     result is still at least ``min_height`` x ``min_width``.
 
+    Args:
+        data: encoded image bytes.
+        color: RGB (HxWx3) if True, else gray (HxWx1).
+        min_height, min_width: the smallest size the decoded image may have.
+        min_factor: the smallest reduction worth doing: 2 (the default) allows 2, 4 and 8;
+            4 allows 4 and 8; above 8 nothing is reduced.
+
     Returns:
-        (image, factor): BGR or gray pixels, and the reduction factor used (1, 2, 4, 8).
+        The pixels, RGB or gray.
+
+    Raises:
+        ValueError: if the data is not a complete image OpenCV can decode.
     """
     size = image_size(data) if data[:2] == b"\xff\xd8" else None
-    factor = 1 if size is None else _reduction(size, min_height, min_width)
-    return decode_opencv(data, color, factor), factor
+    factor = 1 if size is None else _reduction(size, min_height, min_width, min_factor)
+    return _as_reference(_decode(data, color, factor))
 
 
-def _reduction(size: tuple[int, int], min_height: int, min_width: int) -> int:
-    """The largest JPEG reduction (8, 4, 2, else 1) that keeps a (height, width) image at
-    least min_height x min_width (libjpeg rounds reduced sizes up)."""
+def _reduction(size: tuple[int, int], min_height: int, min_width: int, min_factor: int = 2) -> int:
+    """The largest JPEG reduction (8, 4, 2 from ``min_factor`` up, else 1) that keeps a
+    (height, width) image at least min_height x min_width (libjpeg rounds reduced sizes
+    up)."""
     h, w = size
     for f in (8, 4, 2):
-        if -(-h // f) >= min_height and -(-w // f) >= min_width:
+        if f >= min_factor and -(-h // f) >= min_height and -(-w // f) >= min_width:
             return f
     return 1
 
@@ -287,9 +316,9 @@ def _prepare_source(
         if size is not None and data[:2] == b"\xff\xd8" and not nearest and largest > 0:
             h, w = size
             reduce = _reduction(size, math.ceil(h * largest), math.ceil(w * largest))
-            im = decode_opencv(data, color, reduce)
+            im = _decode(data, color, reduce)
         else:
-            im, reduce = decode_opencv(data, color), 1
+            im, reduce = _decode(data, color), 1
         bgr = im.ndim == 3
     if reduce > 1:
         return im, _then(np.vstack([matrix, [0, 0, 1]]), reduce, reduce)[:2], bgr
@@ -371,7 +400,7 @@ def transform_image(
         raise TypeError(f"image must be encoded bytes or a uint8 array, got {type(src).__name__}")
     source_size = src.shape[:2] if isinstance(src, np.ndarray) else image_size(src)
     if source_size is None:  # neither JPEG nor PNG: decode to learn the size
-        src = decode_opencv(src, color)
+        src = _decode(src, color)
         src = cv2.cvtColor(src, cv2.COLOR_BGR2RGB) if color else src
         source_size = src.shape[:2]
     if min(source_size) < 1:

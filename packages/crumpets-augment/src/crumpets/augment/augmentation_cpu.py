@@ -299,7 +299,7 @@ def noise_planes(planes: Sequence[np.ndarray], sigmas: Sequence[float], seed: in
 def add_noise_rgb(
     im: np.ndarray,
     strength: float | None,
-    seed: int,
+    seed: int | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Add Gaussian noise that mimics a camera sensor: green is less noisy.
@@ -310,7 +310,8 @@ def add_noise_rgb(
     Args:
         im: uint8 image, HxWx3 (RGB or BGR) or gray (HxW, HxWx1).
         strength: noise strength >= 0; 0 or None leaves the image unchanged.
-        seed: places the noise pattern (a window of a fixed table of normal samples).
+        seed: places the noise pattern (a window of a fixed table of normal samples);
+            None (the reference's call, ``add_noise_rgb(im, strength)``) draws a fresh one.
         out: optional array of the same shape and dtype to write into; may be ``im``.
 
     Returns:
@@ -333,7 +334,7 @@ def sensor_sigmas(strength: float | None, channels: int) -> list[float]:
 def add_noise_other(
     im: np.ndarray,
     strength: float | None,
-    seed: int,
+    seed: int | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Add Gaussian noise of the same strength to every channel.
@@ -343,7 +344,8 @@ def add_noise_other(
     Args:
         im: uint8 image, HxWx3 or gray (HxW, HxWx1).
         strength: noise strength >= 0; 0 or None leaves the image unchanged.
-        seed: places the noise pattern (a window of a fixed table of normal samples).
+        seed: places the noise pattern (a window of a fixed table of normal samples);
+            None (the reference's call, ``add_noise_rgb(im, strength)``) draws a fresh one.
         out: optional array of the same shape and dtype to write into; may be ``im``.
 
     Returns:
@@ -357,11 +359,13 @@ def add_noise_other(
 
 
 def _add_noise(
-    im: np.ndarray, sigmas: list[float], seed: int, out: np.ndarray | None
+    im: np.ndarray, sigmas: list[float], seed: int | None, out: np.ndarray | None
 ) -> np.ndarray:
     _check_out(im, out)
     if sigmas[0] == 0:  # no strength: no noise
         return _unchanged(im, out)
+    if seed is None:  # a fresh pattern, from the OS's entropy (never the global generator)
+        seed = int(np.random.default_rng().integers(2**31))
     return _per_plane(im, out, lambda planes: noise_planes(planes, sigmas, seed))
 
 

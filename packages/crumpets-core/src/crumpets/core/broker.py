@@ -127,6 +127,19 @@ def _unpack_header(frame: Any) -> dict:
     return msgpack.unpackb(frame, raw=False)
 
 
+def _one_result(worker: Worker, result: Any) -> Any:
+    # crumpets 3 let process return several batches (an iterator); here one request is
+    # one batch, which len(loader), exactly-once epochs and exact resume count on
+    if isinstance(result, Iterator):
+        raise TypeError(
+            f"{type(worker).__name__}.process returned a {type(result).__name__}: return one "
+            "result (one batch) per request; crumpets counts one batch per request for "
+            "len(loader), exactly-once epochs and exact resume. To make several batches from "
+            "one input, store it as several samples."
+        )
+    return result
+
+
 class Worker(ABC):
     """Abstract base class for workers. Implement :meth:`process`.
 
@@ -163,7 +176,11 @@ class Worker(ABC):
 
     @abstractmethod
     def process(self, request: Request) -> Any:
-        """Process one request and return its result (msgpack-able, usually a dict)."""
+        """Process one request and return its result (msgpack-able, usually a dict).
+
+        One request gives one result: an iterator or generator of several (which
+        crumpets 3 allowed) is refused with a TypeError in the main process.
+        """
 
     def pack(self, obj: Any) -> bytes:
         """Serialize a result for the trip to the main process."""
@@ -228,7 +245,7 @@ class Worker(ABC):
                             self.sample_index = index  # names the sample if reading fails
                             request.items.append(self.source[index])
                         self.sample_index = None
-                    payload = self.pack(self.process(request))
+                    payload = self.pack(_one_result(self, self.process(request)))
                 except Exception as exc:
                     reply["error"] = self._describe(exc)
                     payload = b""

@@ -1,4 +1,5 @@
-"""Workers that decode and augment images into the loader's shared buffers.
+"""Workers that decode and augment images into the loader's shared buffers: images,
+(image, label) pairs, and image pairs for fully convolutional networks.
 
 Each sample's parameters come from the worker's RNG, drawn from the sample's own
 generator (``self.rng``), overridden by the fixed ``*_params``; they are returned in
@@ -20,15 +21,14 @@ from crumpets.core._plugins import entry_point_names
 from crumpets.core.broker import BufferWorker
 from crumpets.core.params import OUTPUT_KEYS, PIXEL_OPS, check_params, enabled_ops
 
-from .augmentation import transform_image
-from .rng import INTERP_NEAREST, RNG, NoRNG
+from ..augmentation import transform_image
+from ..rng import RNG, NoRNG
 
 __all__ = [
     "COLORSPACES",
     "ClassificationWorker",
     "FCNWorker",
     "ImageWorker",
-    "SegmentationWorker",
     "check_params",
 ]
 
@@ -322,32 +322,3 @@ class FCNWorker(ImageWorker):
         batch["augmentation"].append(augmentation)
         batch["target_augmentation"].append(target_augmentation)
         self.prepare_points(sample, batch, augmentation, "image")
-
-
-class SegmentationWorker(FCNWorker):
-    """Worker for segmentation: the target (a label map: single-channel PNG or uint8
-    array) uses nearest-neighbour interpolation, no supersampling and no pixel
-    augmentation; its buffer's fill value marks pixels outside the image (use your
-    loss's ignore index)."""
-
-    TARGET_DEFAULTS = {
-        "interp_method": INTERP_NEAREST,
-        "supersampling": 1,
-        "gamma_gray": None,
-        "gamma_color": None,
-        "contrast": None,
-        "noise": None,
-        "blur": None,
-    }
-
-    def __init__(
-        self,
-        image: Any,
-        target_image: Any,
-        image_params: dict | None = None,
-        target_image_params: dict | None = None,
-        image_rng: RNG | None = None,
-        **kwargs: Any,
-    ):
-        params = {**self.TARGET_DEFAULTS, **(target_image_params or {})}
-        super().__init__(image, target_image, image_params, params, image_rng, **kwargs)

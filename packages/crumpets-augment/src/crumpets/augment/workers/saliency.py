@@ -13,8 +13,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .rng import RNG
-from .workers import ImageWorker, _field
+from ..rng import RNG
+from ._image import ImageWorker, _field
 
 __all__ = [
     "TARGET_PARAMS",
