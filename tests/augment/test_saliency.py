@@ -13,7 +13,7 @@ from crumpets.augment import SaliencyWorker
 from crumpets.augment.presets import MixtureRNG
 from crumpets.augment.workers.saliency import check_range, discretize_points, interpolate_points
 from crumpets.core import TurboDataLoader, pack
-from crumpets.core._plugins import load_entry_point
+from crumpets.core.plugins import load_entry_point
 
 H, W = 120, 160
 IMAGE = ((3, H, W), np.uint8)

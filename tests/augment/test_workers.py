@@ -378,7 +378,7 @@ def test_worker_template_pickles():
 
 
 def test_workers_are_registered_entry_points():
-    from crumpets.core._plugins import load_entry_point
+    from crumpets.core.plugins import load_entry_point
 
     assert load_entry_point("crumpets.workers", "classification") is ClassificationWorker
     assert load_entry_point("crumpets.workers", "segmentation") is SegmentationWorker

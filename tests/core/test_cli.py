@@ -10,10 +10,10 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from crumpets.core import _plugins
-from crumpets.core._plugins import entry_point_names, load_entry_point
+from crumpets.core import plugins
 from crumpets.core.cli import main
 from crumpets.core.dataset import Reader
+from crumpets.core.plugins import entry_point_names, load_entry_point
 
 # pack does not decode images, so any bytes under an image extension will do.
 FILES = {
@@ -178,13 +178,13 @@ def fake_commands(monkeypatch):
     """Register extra commands as if another package declared them."""
 
     def register(**names):
-        real = _plugins._entry_points
+        real = plugins._entry_points
         extra = [
             metadata.EntryPoint(name=n, value=v, group="crumpets.commands")
             for n, v in names.items()
         ]
         monkeypatch.setattr(
-            _plugins,
+            plugins,
             "_entry_points",
             lambda g: (
                 metadata.EntryPoints([*real(g), *extra]) if g == "crumpets.commands" else real(g)

@@ -4,8 +4,8 @@ from importlib import metadata
 
 import pytest
 
-from crumpets.core import _plugins
-from crumpets.core._plugins import PluginNotFound, entry_point_names, load_entry_point
+from crumpets.core import plugins
+from crumpets.core.plugins import PluginNotFound, entry_point_names, load_entry_point
 
 
 def fake_group(monkeypatch, group, **names):
@@ -13,8 +13,8 @@ def fake_group(monkeypatch, group, **names):
     eps = metadata.EntryPoints(
         metadata.EntryPoint(name=name, value=value, group=group) for name, value in names.items()
     )
-    real = _plugins._entry_points
-    monkeypatch.setattr(_plugins, "_entry_points", lambda g: eps if g == group else real(g))
+    real = plugins._entry_points
+    monkeypatch.setattr(plugins, "_entry_points", lambda g: eps if g == group else real(g))
     load_entry_point.cache_clear()
 
 
@@ -32,7 +32,7 @@ def test_load_and_cache(monkeypatch):
 
     assert load_entry_point("crumpets.test", "join") is os.path.join
     # Cached: a second lookup does not go through entry points again.
-    monkeypatch.setattr(_plugins, "_entry_points", lambda g: metadata.EntryPoints(()))
+    monkeypatch.setattr(plugins, "_entry_points", lambda g: metadata.EntryPoints(()))
     assert load_entry_point("crumpets.test", "join") is os.path.join
 
 
@@ -53,7 +53,7 @@ def test_load_and_cache(monkeypatch):
 )
 def test_missing_plugin_says_what_to_install(monkeypatch, group, name, message):
     fake_group(monkeypatch, group)
-    monkeypatch.setattr(_plugins, "_is_installed", lambda dist: False)
+    monkeypatch.setattr(plugins, "_is_installed", lambda dist: False)
     with pytest.raises(PluginNotFound) as info:
         load_entry_point(group, name)
     assert message in str(info.value)
@@ -64,7 +64,7 @@ def test_missing_plugin_says_what_to_install(monkeypatch, group, name, message):
 
 def test_installed_but_unregistered_says_reinstall(monkeypatch):
     fake_group(monkeypatch, "crumpets.workers")
-    monkeypatch.setattr(_plugins, "_is_installed", lambda dist: True)
+    monkeypatch.setattr(plugins, "_is_installed", lambda dist: True)
     with pytest.raises(PluginNotFound, match="pip install --force-reinstall crumpets-augment"):
         load_entry_point("crumpets.workers", "fcn")
 

@@ -22,14 +22,14 @@ from typing import Any
 import msgpack
 import tqdm
 
-from crumpets.core._plugins import (
+from crumpets.core._version import __version__
+from crumpets.core.dataset import Reader, Writer, data_path
+from crumpets.core.plugins import (
     KNOWN_PLUGINS,
     PluginNotFound,
     entry_point_names,
     load_entry_point,
 )
-from crumpets.core._version import __version__
-from crumpets.core.dataset import Reader, Writer, data_path
 
 __all__ = ["main", "setup_info", "setup_pack"]
 

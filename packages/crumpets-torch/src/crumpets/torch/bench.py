@@ -13,8 +13,8 @@ import time
 import numpy as np
 
 from crumpets.core import pack
-from crumpets.core._plugins import PluginNotFound, load_entry_point
 from crumpets.core.logging import make_printer
+from crumpets.core.plugins import PluginNotFound, load_entry_point
 
 from .dataloader import TorchTurboDataLoader
 

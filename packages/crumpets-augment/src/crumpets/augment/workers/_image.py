@@ -17,9 +17,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from crumpets.core._plugins import entry_point_names
 from crumpets.core.broker import BufferWorker
 from crumpets.core.params import OUTPUT_KEYS, PIXEL_OPS, check_params, enabled_ops
+from crumpets.core.plugins import entry_point_names
 
 from ..augmentation import transform_image
 from ..rng import RNG, NoRNG

@@ -2,7 +2,8 @@
 
 The four distributions never import a sibling they do not depend on; they meet
 through entry point groups instead. This module is the one place that loads
-them, and turns a missing plugin into a sentence that says what to install.
+them, and turns a missing plugin into a sentence that says what to install. It is
+public API of crumpets-core: the sibling distributions use it.
 """
 
 from __future__ import annotations
