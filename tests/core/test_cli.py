@@ -240,3 +240,24 @@ def test_python_m(packed):
     )
     assert result.returncode == 0, result.stderr
     assert "length:   5" in result.stdout
+
+
+def test_only_the_command_that_runs_is_imported(
+    fake_commands, packed, tmp_path, monkeypatch, capsys
+):
+    # a sibling's command module imports torch or OpenCV: `crumpets --help` and the other
+    # commands must not pay for it
+    (tmp_path / "heavy_command.py").write_text(
+        'def setup(parser):\n    """A heavy command."""\n'
+        "    parser.set_defaults(func=lambda args: 0)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "heavy_command", raising=False)
+    fake_commands(heavy="heavy_command:setup")
+    assert main(["--help"]) == 0
+    assert "crumpets heavy --help" in capsys.readouterr().out
+    assert main(["info", str(packed)]) == 0
+    assert "heavy_command" not in sys.modules
+    assert main(["heavy", "--help"]) == 0
+    assert "A heavy command." in capsys.readouterr().out
+    assert main(["heavy"]) == 0 and "heavy_command" in sys.modules

@@ -28,6 +28,7 @@ from crumpets.core.plugins import (
     KNOWN_PLUGINS,
     PluginNotFound,
     entry_point_names,
+    known_distribution,
     load_entry_point,
 )
 
@@ -234,23 +235,20 @@ def _first_line(doc: str | None) -> str | None:
     return lines[0].strip() if lines else None
 
 
-def _commands() -> tuple[dict[str, Setup], dict[str, Exception]]:
-    """Load every registered command: returns (name -> setup, name -> load error)."""
-    commands: dict[str, Setup] = {}
-    broken: dict[str, Exception] = {}
-    for name in entry_point_names(GROUP):
-        try:
-            commands[name] = load_entry_point(GROUP, name)
-        except Exception as e:  # a broken plugin must not break the other commands
-            broken[name] = e
-    for name, setup in _BUILTIN.items():
-        if name not in broken:
-            commands.setdefault(name, setup)
-    return commands, broken
+def _summary(name: str) -> str:
+    """One line on a command for ``crumpets --help``, without importing its package (a
+    sibling's module imports torch or OpenCV: a second, for a list of names)."""
+    if name in _BUILTIN:
+        return _first_line(_BUILTIN[name].__doc__) or ""
+    dist = known_distribution(GROUP, name)
+    return f"from {dist}: crumpets {name} --help" if dist else f"crumpets {name} --help"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``crumpets`` command line.
+
+    Only the command that runs is imported: ``crumpets --help`` lists the installed
+    commands by name, and ``crumpets COMMAND --help`` describes one.
 
     Args:
         argv: arguments without the program name; None means ``sys.argv[1:]``.
@@ -260,16 +258,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         whose package is not installed.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    commands, broken = _commands()
-    missing = sorted(set(KNOWN_PLUGINS[GROUP]) - set(commands) - set(broken))
+    installed = set(entry_point_names(GROUP)) | set(_BUILTIN)
+    missing = sorted(set(KNOWN_PLUGINS[GROUP]) - installed)
 
     command = next((arg for arg in argv if not arg.startswith("-")), None)
-    if command in broken:
-        error = broken[command]
-        return _error(command, f"cannot load the command: {type(error).__name__}: {error}")
     if command in missing:
         sys.stderr.write(f"{PluginNotFound(GROUP, command)}\n")
         return 2
+    setup: Setup | None = None
+    if command in installed:
+        try:
+            setup = load_entry_point(GROUP, command)
+        except PluginNotFound:  # running from a source tree without package metadata
+            setup = _BUILTIN[command]
+        except Exception as error:  # a broken plugin must not break the other commands
+            return _error(command, f"cannot load the command: {type(error).__name__}: {error}")
 
     parser = argparse.ArgumentParser(
         prog="crumpets", description="crumpets: fast data loading for deep learning."
@@ -280,9 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     parser.add_argument("--version", action="version", version=f"crumpets-core {__version__}")
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
-    for name, setup in sorted(commands.items()):
-        doc = _first_line(setup.__doc__)
-        setup(subparsers.add_parser(name, help=doc, description=doc))
+    for name in sorted(installed):
+        if name == command and setup is not None:
+            doc = _first_line(setup.__doc__)
+            setup(subparsers.add_parser(name, help=doc, description=doc))
+        else:
+            subparsers.add_parser(name, help=_summary(name))
 
     try:
         args = parser.parse_args(argv)
