@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from crumpets.core.cli import main
 
 
@@ -17,3 +19,11 @@ def test_bench_prints_images_per_second(capsys):
 def test_bench_rejects_unknown_preset(capsys):
     assert main(["bench", "--preset", "NOPE", "--batches", "1"]) == 2
     assert "AUGMENTATION_TRAIN" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("worker", ["image", "fcn", "segmentation"])
+def test_bench_runs_every_image_worker(worker, capsys):
+    args = ["bench", "--worker", worker, "--samples", "16", "--batches", "2"]
+    assert main([*args, "--batch-size", "8", "--size", "32", "--gpu-augmentation"]) == 0
+    out = capsys.readouterr().out
+    assert f"{worker} + AUGMENTATION_TRAIN" in out and "gpu_augmentation" in out

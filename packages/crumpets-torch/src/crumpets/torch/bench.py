@@ -1,6 +1,7 @@
 """``crumpets bench``: images per second of the torch loader with a worker and a preset.
 
-Needs crumpets-augment for the workers and presets; says so if it is missing.
+Needs crumpets-augment for the workers and presets (``pip install crumpets-torch[bench]``);
+says so if it is missing.
 """
 
 from __future__ import annotations
@@ -21,9 +22,22 @@ from .dataloader import TorchTurboDataLoader
 __all__ = ["run", "setup", "synthetic_set"]
 
 
-def synthetic_set(n: int, height: int = 375, width: int = 500, seed: int = 0) -> list[bytes]:
+# The output buffers each worker takes besides the image, for an output side s.
+TARGETS = {
+    "image": lambda s: (),
+    "classification": lambda s: (((1,), np.int64),),
+    "fcn": lambda s: (((3, s, s), np.uint8),),
+    "segmentation": lambda s: (((1, s, s), np.uint8, 255),),
+}
+
+
+def synthetic_set(
+    n: int, height: int = 375, width: int = 500, seed: int = 0, target: str | None = None
+) -> list[bytes]:
     """``n`` JPEGs (quality 90) of smooth shapes and gradients: closer to how photos decode
-    than random noise, which no real dataset contains."""
+    than random noise, which no real dataset contains. ``target`` 'image' adds the same
+    JPEG as ``target_image`` (for FCN workers), 'labels' a PNG label map of 8 grey-level
+    classes (for segmentation)."""
     import cv2
 
     rng = np.random.default_rng(seed)
@@ -42,17 +56,30 @@ def synthetic_set(n: int, height: int = 375, width: int = 500, seed: int = 0) ->
         ok, jpg = cv2.imencode(
             ".jpg", np.clip(im, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90]
         )
-        samples.append(pack({"image": jpg.tobytes(), "label": i % 10}))
+        sample = {"image": jpg.tobytes(), "label": i % 10}
+        if target == "image":
+            sample["target_image"] = jpg.tobytes()
+        elif target == "labels":
+            classes = cv2.cvtColor(cv2.imdecode(jpg, 1), cv2.COLOR_BGR2GRAY) // 32
+            sample["target_image"] = cv2.imencode(".png", classes)[1].tobytes()
+        samples.append(pack(sample))
     return samples
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.worker not in TARGETS:
+        print(
+            f"crumpets bench: measures the workers {sorted(TARGETS)}, not {args.worker!r}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         worker_class = load_entry_point("crumpets.workers", args.worker)
         presets = __import__("crumpets.augment.presets", fromlist=["presets"])
     except (PluginNotFound, ImportError) as exc:
         print(
-            f"crumpets bench: {exc}; it needs crumpets-augment: pip install crumpets-augment",
+            f"crumpets bench: {exc}; it needs crumpets-augment: "
+            "pip install 'crumpets-torch[bench]'",
             file=sys.stderr,
         )
         return 2
@@ -67,14 +94,12 @@ def run(args: argparse.Namespace) -> int:
 
         data = Reader(args.data)
     else:
-        data = synthetic_set(args.samples)
-    size = (3, args.size, args.size)
-    if args.worker == "classification":
-        worker = worker_class(
-            (size, np.uint8), ((1,), np.int64), image_rng=getattr(presets, args.preset)
-        )
-    else:
-        worker = worker_class((size, np.uint8), image_rng=getattr(presets, args.preset))
+        target = {"fcn": "image", "segmentation": "labels"}.get(args.worker)
+        data = synthetic_set(args.samples, target=target)
+    image = ((3, args.size, args.size), np.uint8)
+    worker = worker_class(
+        image, *TARGETS[args.worker](args.size), image_rng=getattr(presets, args.preset)
+    )
     try:
         loader = TorchTurboDataLoader(
             data,
@@ -121,7 +146,9 @@ def setup(parser: argparse.ArgumentParser) -> None:
     """Measure images/s of the torch loader with a worker and an augmentation preset."""
     parser.add_argument("--data", help="dataset file (default: a built-in synthetic set)")
     parser.add_argument("--samples", type=int, default=512, help="size of the synthetic set")
-    parser.add_argument("--worker", default="classification", help="worker name (crumpets.workers)")
+    parser.add_argument(
+        "--worker", default="classification", choices=sorted(TARGETS), help="which worker"
+    )
     parser.add_argument(
         "--preset", default="AUGMENTATION_TRAIN", help="crumpets.augment.presets name"
     )

@@ -7,6 +7,7 @@ import copy
 from typing import Any
 
 import torch
+from crumpets.core.broker import workers_are_forked
 from crumpets.core.dataloader import TurboDataLoader
 
 from .randomizer import randomize_sample
@@ -114,7 +115,13 @@ class TorchTurboDataLoader(TurboDataLoader):
 
     def _make_buffer_manager(self, shared: bool, specs: dict) -> Any:
         if shared:
-            return SharedTensorManager(self.num_buffers, self.batch_size, specs, self.devices[0])
+            return SharedTensorManager(
+                self.num_buffers,
+                self.batch_size,
+                specs,
+                self.devices[0],
+                anonymous=workers_are_forked(),
+            )
         return DummyTensorManager(self.batch_size, specs, self.devices[0])
 
     def _to_device(self, mini: dict, device: torch.device) -> dict:

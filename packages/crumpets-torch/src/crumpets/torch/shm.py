@@ -47,35 +47,41 @@ def _wants_pinning(device: Any) -> bool:
 class SharedTensorManager(SharedBufferManager):
     """SharedBufferManager whose batches are torch tensors on the shared memory.
 
-    For a CUDA device the whole segment is registered as pinned memory once (:meth:`pin`,
+    For a CUDA device the whole pool is registered as pinned memory once (:meth:`pin`,
     after the workers are forked: a driver may keep registered pages from forked children),
     so copies to the GPU need no staging copy and can overlap computation.
 
     Args:
-        num_buffers, batch_size, buffer_specs: see SharedBufferManager.
+        num_buffers, batch_size, buffer_specs, anonymous: see SharedBufferManager.
         device: where batches go; pinning only for CUDA.
     """
 
     def __init__(
-        self, num_buffers: int, batch_size: int, buffer_specs: dict, device: Any = "cuda:0"
+        self,
+        num_buffers: int,
+        batch_size: int,
+        buffer_specs: dict,
+        device: Any = "cuda:0",
+        *,
+        anonymous: bool = True,
     ):
-        super().__init__(num_buffers, batch_size, buffer_specs)
+        super().__init__(num_buffers, batch_size, buffer_specs, anonymous=anonymous)
         self.device = device
         self.pinned = False
 
     def pin(self) -> None:
-        """Register the segment as pinned memory, if batches go to a CUDA device."""
+        """Register the pool as pinned memory, if batches go to a CUDA device."""
         if not self.pinned and _wants_pinning(self.device):
-            pin(self._base, self.nbytes)
+            pin(self.address, self.nbytes)
             self.pinned = True
 
     def unpack(self, data: Any, lease: Any = None) -> Any:
         return to_torch(super().unpack(data, lease))
 
     def close(self) -> None:
-        if getattr(self, "pinned", False) and "_shm" in self.__dict__:
+        if getattr(self, "pinned", False):
             torch.cuda.synchronize()  # no copy may still be reading the pages
-            unpin(self._base)
+            unpin(self.address)
             self.pinned = False
         super().close()
 
