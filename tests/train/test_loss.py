@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -36,9 +38,7 @@ def test_cross_entropy_passes_torch_options(scores):
     weight = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])
     label = label.clone()
     label[1] = -1
-    loss = CrossEntropyLoss(
-        "logits", "y", weight=weight, ignore_index=-1, reduction="sum", label_smoothing=0.2
-    )
+    loss = CrossEntropyLoss("logits", "y", weight, "sum", -1, label_smoothing=0.2)
     expected = torch.nn.functional.cross_entropy(
         output, label, weight=weight, ignore_index=-1, reduction="sum", label_smoothing=0.2
     )
@@ -145,3 +145,72 @@ def test_missing_key_names_it_and_the_keys_present(loss, missing):
     with pytest.raises(KeyError) as info:
         loss(sample)
     assert info.value.args[0] == expected
+
+
+# the reference's constructor parameters, in its order (crumpets.torch.loss)
+REFERENCE_PARAMETERS = {
+    CrossEntropyLoss: ["output_key", "target_key", "weight", "reduction", "ignore_index"],
+    NLLLoss: ["output_key", "target_key", "weight", "reduction", "ignore_index"],
+    L1Loss: ["output_key", "target_key", "reduction"],
+    MSELoss: ["output_key", "target_key", "reduction"],
+    NSSLoss: ["output_key", "target_key"],
+    LabelSmoothing: ["smoothing", "output_key", "target_key"],
+}
+
+
+@pytest.mark.parametrize("cls", list(REFERENCE_PARAMETERS))
+def test_positional_parameters_are_the_references_and_extras_keyword_only(cls):
+    parameters = list(inspect.signature(cls).parameters.values())
+    positional = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert positional == REFERENCE_PARAMETERS[cls]
+    assert all(p.kind is p.KEYWORD_ONLY for p in parameters[len(positional) :])
+
+
+def test_cross_entropy_and_nll_take_the_references_positional_arguments(scores):
+    output, label = scores
+    label = label.clone()
+    label[2] = 7
+    weight = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])
+    sample = {"out": output, "y": label[:, None]}
+    loss = CrossEntropyLoss("out", "y", weight, "none", 7)
+    assert (loss.weight, loss.reduction, loss.ignore_index) == (weight, "none", 7)
+    expected = torch.nn.functional.cross_entropy(
+        output, label, weight=weight, reduction="none", ignore_index=7
+    )
+    torch.testing.assert_close(loss(sample), expected)
+
+    logp = torch.log_softmax(output, 1)
+    loss = NLLLoss("out", "y", weight, "sum", 7)
+    assert (loss.weight, loss.reduction, loss.ignore_index) == (weight, "sum", 7)
+    expected = torch.nn.functional.nll_loss(
+        logp, label, weight=weight, reduction="sum", ignore_index=7
+    )
+    torch.testing.assert_close(loss({"out": logp, "y": label[:, None]}), expected)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [(L1Loss, torch.nn.functional.l1_loss), (MSELoss, torch.nn.functional.mse_loss)],
+)
+def test_regression_losses_take_the_references_positional_arguments(ours, theirs):
+    g = torch.Generator().manual_seed(4)
+    output, target = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
+    loss = ours("out", "tgt", "sum")
+    assert (loss.output_key, loss.target_key, loss.reduction) == ("out", "tgt", "sum")
+    expected = theirs(output, target, reduction="sum")
+    torch.testing.assert_close(loss({"out": output, "tgt": target}), expected)
+
+
+def test_nss_and_label_smoothing_take_the_references_positional_arguments(scores):
+    output, label = scores
+    loss = LabelSmoothing(0.3, "out", "y")
+    expected = torch.nn.functional.cross_entropy(output, label, label_smoothing=0.3)
+    torch.testing.assert_close(loss({"out": output, "y": label[:, None]}), expected)
+
+    maps = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    gaze = torch.zeros(2, 1, 4, 4)
+    gaze[:, 0, 1, 2] = 1
+    nss = NSSLoss("pred", "gaze")
+    torch.testing.assert_close(
+        nss({"pred": maps, "gaze": gaze}), NSSLoss()({"output": maps, "target_image": gaze})
+    )

@@ -13,7 +13,7 @@ from crumpets.torch import TorchTurboDataLoader
 from crumpets.train import EVENTS, Trainer
 from crumpets.train.loss import CrossEntropyLoss
 from crumpets.train.metrics import AccuracyMetric
-from crumpets.train.policy import PolyPolicy
+from crumpets.train.policy import NoopPolicy, PolyPolicy, ReduceLROnPlateau
 
 
 def make(outdir, epochs=4, seed=0, quiet=True, **kwargs):
@@ -219,3 +219,93 @@ def test_a_metric_without_update_is_called_per_batch(tmp_path):
         (record,) = trainer.train(1)
     assert record["train"]["batches"] == len(train) and record["val"]["batches"] == len(val)
     assert metrics[:2] == [{"batches": 1.0}, {"batches": 2.0}]
+
+
+class RecordingPoly(PolyPolicy):
+    """PolyPolicy that records each step's (epoch, metrics) and the lr it set."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []  # after __init__: its own first step is not the Trainer's
+
+    def step(self, epoch=None, metrics=None):
+        super().step(epoch, metrics)
+        if hasattr(self, "calls"):
+            self.calls.append((epoch, metrics, self.get_last_lr()[0]))
+
+
+class RecordingNoop(NoopPolicy):
+    def __init__(self):
+        self.calls = []
+
+    def step(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+
+
+def test_policies_step_as_the_reference_train_every_iteration_val_every_epoch(tmp_path):
+    trainer, train, val = make(tmp_path, snapshot_interval=0)
+    opt = trainer.optimizer
+    trainer.train_policy = policy = RecordingPoly(opt, 2, 1)
+    trainer.val_policy = val_policy = RecordingNoop()
+    batch_losses, lr_at_update = [], []
+    trainer.add_hook("train_forward", lambda state, loss, **_: batch_losses.append(float(loss)))
+    update = opt.step
+
+    def recording_update(*args, **kwargs):
+        lr_at_update.append(opt.param_groups[0]["lr"])
+        return update(*args, **kwargs)
+
+    opt.step = recording_update
+    with train, val:
+        history = trainer.train(2)
+
+    n = len(train)
+    epochs = [epoch for epoch, _, _ in policy.calls]
+    # one step per iteration: epoch + i / n, i counted from 1 within the epoch
+    assert epochs == [e + i / n for e in range(2) for i in range(1, n + 1)]
+    assert epochs[0] == 1 / n and epochs[n - 1] == 1.0 and epochs[-1] == 2.0
+    # the loss each time: the epoch's running mean, a 0-dim tensor the Trainer did not read
+    for k, (_, loss, _) in enumerate(policy.calls):
+        assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and not loss.requires_grad
+        epoch_so_far = batch_losses[k - k % n : k + 1]
+        assert float(loss) == pytest.approx(sum(epoch_so_far) / len(epoch_so_far), rel=1e-12)
+    assert float(policy.calls[n - 1][1]) == pytest.approx(history[0]["train"]["loss"])
+    # the policy steps before the optimizer: each update uses the lr of its fractional epoch
+    assert lr_at_update == [lr for _, _, lr in policy.calls]
+    assert lr_at_update == pytest.approx([0.1 * (1 - e / 2) for e in epochs])
+    # the val policy: (epochs trained so far, validation loss) after each validation
+    assert val_policy.calls == [((e + 1, history[e]["val"]["loss"]), {}) for e in range(2)]
+
+
+@pytest.mark.parametrize(
+    ("make_policy", "policy_reads"),
+    [
+        (lambda opt: PolyPolicy(opt, 2, 1), 0),
+        (lambda opt: ReduceLROnPlateau(opt), 1),  # the epoch's mean loss, at its last step
+    ],
+)
+def test_a_train_policy_adds_no_host_reads_per_step(tmp_path, make_policy, policy_reads):
+    torch.manual_seed(0)
+    net = TinyNet()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    train = TorchTurboDataLoader(digit_samples(40 * 16), 16, DigitWorker(), 1, device="cpu")
+    args = (AccuracyMetric(), make_policy(opt), None, train, None, tmp_path)
+    trainer = Trainer(net, opt, CrossEntropyLoss(target_key="label"), *args, quiet=True)
+    with train, count_host_reads() as reads:
+        trainer.train_epoch()
+    assert len(train) == 40
+    by_policy = sum(n for where, n in reads.items() if "policy.py" in where or "lr_sch" in where)
+    assert by_policy == policy_reads, reads.most_common()
+    assert sum(reads.values()) <= 10, reads.most_common()  # 2 log points + the epoch's end
+
+
+def test_torch_schedulers_with_another_step_signature_are_refused(tmp_path):
+    net = TinyNet()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    loss = CrossEntropyLoss(target_key="label")
+    torch_plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+    with pytest.raises(TypeError, match="crumpets.train.policy.ReduceLROnPlateau"):
+        Trainer(net, opt, loss, None, None, torch_plateau, None, None, tmp_path, quiet=True)
+    step_lr = torch.optim.lr_scheduler.StepLR(opt, 3)
+    with pytest.raises(TypeError, match=r"train_policy: the Trainer calls train_policy.step"):
+        Trainer(net, opt, loss, None, step_lr, None, None, None, tmp_path, quiet=True)

@@ -2,6 +2,9 @@
 
 Each loss takes the keys of its output and target in the sample and returns the loss tensor
 from ``forward(sample)``. A missing key is a KeyError that lists the keys the sample has.
+The constructors take the reference's parameters in the reference's order (e.g.
+``CrossEntropyLoss(output_key, target_key, weight, reduction, ignore_index)``); options the
+reference does not have are keyword-only after them.
 
 Example:
     >>> loss = CrossEntropyLoss()
@@ -30,19 +33,19 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         output_key: key of the scores ``(N, C, ...)``.
         target_key: key of the targets.
         weight: rescaling weight per class, a tensor of size C.
-        ignore_index: target value that does not contribute to the loss.
         reduction: 'none' | 'mean' | 'sum'.
-        label_smoothing: amount of smoothing in [0, 1].
+        ignore_index: target value that does not contribute to the loss.
+        label_smoothing: amount of smoothing in [0, 1] (keyword only: not in the reference).
     """
 
     def __init__(
         self,
         output_key: str = "output",
         target_key: str = "label",
-        *,
         weight: torch.Tensor | None = None,
-        ignore_index: int = -100,
         reduction: str = "mean",
+        ignore_index: int = -100,
+        *,
         label_smoothing: float = 0.0,
     ):
         super().__init__(
@@ -68,18 +71,17 @@ class NLLLoss(torch.nn.NLLLoss):
         output_key: key of the log-probabilities ``(N, C, ...)``.
         target_key: key of the class indices.
         weight: rescaling weight per class, a tensor of size C.
-        ignore_index: target value that does not contribute to the loss.
         reduction: 'none' | 'mean' | 'sum'.
+        ignore_index: target value that does not contribute to the loss.
     """
 
     def __init__(
         self,
         output_key: str = "output",
         target_key: str = "label",
-        *,
         weight: torch.Tensor | None = None,
-        ignore_index: int = -100,
         reduction: str = "mean",
+        ignore_index: int = -100,
     ):
         super().__init__(weight=weight, ignore_index=ignore_index, reduction=reduction)
         self.output_key = output_key
@@ -104,7 +106,6 @@ class _PairLoss:
         self,
         output_key: str = "output",
         target_key: str = "target_image",
-        *,
         reduction: str = "mean",
     ):
         super().__init__(reduction=reduction)  # the torch loss this is mixed into

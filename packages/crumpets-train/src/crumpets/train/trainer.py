@@ -7,11 +7,16 @@ shard, metrics are summed over ranks, and only rank 0 prints, logs and writes sn
 
 Loss and metric sums stay on the device; the host reads them only every ``log_every``
 steps and at the end of an epoch, so a GPU's queue is never drained step by step.
+
+As in crumpets 3, the ``train_policy`` is stepped after every iteration with the fractional
+epoch and the epoch's running mean loss, ``train_policy.step(epoch + i / n, mean_loss)``, and
+the ``val_policy`` after each validation with ``val_policy.step(epoch + 1, val_loss)``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import time
@@ -27,7 +32,7 @@ from crumpets.torch.utils import ParallelApply
 
 from . import snapshot as snapshots
 from .metrics import NoopMetric
-from .policy import NoopPolicy
+from .policy import NoopPolicy, ReduceLROnPlateau
 
 __all__ = ["EVENTS", "Trainer"]
 
@@ -69,6 +74,26 @@ def _device_of(module: torch.nn.Module) -> torch.device:
 
 def _sum_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
+
+
+def _check_policy(name: str, policy: Any) -> None:
+    """Refuse, before training starts, a policy that cannot take ``step(epoch, loss)``."""
+    if isinstance(policy, torch.optim.lr_scheduler.ReduceLROnPlateau) and not isinstance(
+        policy, ReduceLROnPlateau
+    ):
+        raise TypeError(
+            f"{name}: torch's ReduceLROnPlateau takes step(metrics, epoch), the Trainer calls "
+            "step(epoch, loss) as crumpets 3 did: use crumpets.train.policy.ReduceLROnPlateau "
+            "(same constructor)"
+        )
+    try:
+        inspect.signature(policy.step).bind(1.0, 0.0)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise TypeError(
+            f"{name}: the Trainer calls {name}.step(epoch, loss); {type(policy).__name__}.step "
+            f"cannot take that ({exc}). crumpets.train.policy has the reference's policies; "
+            "wrap other schedulers in a class with step(epoch=None, metrics=None)"
+        ) from None
 
 
 class _LossWatch:
@@ -140,9 +165,20 @@ class Trainer:
         optimizer: a torch optimizer over the network's parameters.
         loss: a crumpets.train.loss module (works on sample dicts).
         metric: a crumpets.train.metrics metric (or None).
-        train_policy: LR policy stepped after each training epoch (or None).
-        val_policy: policy stepped after each validation with the validation loss
-            (e.g. ReduceLROnPlateau), or None.
+        train_policy: a policy (crumpets.train.policy), or None. After every training
+            iteration, once its gradients are computed and before the optimizer steps, the
+            Trainer calls ``train_policy.step(epoch + i / n, loss)``: ``epoch`` counts from 0,
+            ``i`` is the iteration within the epoch counted from 1, ``n`` the loader's
+            iterations per epoch, so the first iteration gives ``1 / n`` and the last of epoch
+            ``e`` gives ``e + 1``; ``loss`` is the epoch's mean loss so far, a 0-dim device
+            tensor that the Trainer does not read (a policy that needs a number, like
+            ReduceLROnPlateau, reads it: that one only at the last iteration of an epoch).
+            This is what crumpets 3 did (its epochs count from 1, its loader's iterations
+            from 1 over the whole run, hence the same numbers).
+        val_policy: a policy stepped after each validation with
+            ``val_policy.step(epoch + 1, val_loss)`` (the epochs trained so far, as crumpets 3
+            numbered them, and the validation loss as a float), e.g. ReduceLROnPlateau; or
+            None.
         train_iter: the training loader (entered by you: ``with train_iter:``).
         val_iter: the validation loader, or None.
         outdir: folder for the log (``log.jsonl``) and snapshots; created if needed.
@@ -200,6 +236,9 @@ class Trainer:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
         if int(log_every) < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
+        for name, policy in (("train_policy", train_policy), ("val_policy", val_policy)):
+            if policy is not None:
+                _check_policy(name, policy)
         self.rank, self.world_size = _init_distributed()
         if self.world_size > 1 and not isinstance(
             network, torch.nn.parallel.DistributedDataParallel
@@ -309,6 +348,7 @@ class Trainer:
             else make_printer(total=len(loader), desc=f"{phase} {self.state['epoch']}")
         )
         grad = contextlib.nullcontext() if train else torch.no_grad()
+        steps_policy = train and not isinstance(self.train_policy, NoopPolicy)
         with grad:
             t_ready = time.perf_counter()
             for step, (_, mini_batches) in enumerate(loader):
@@ -330,6 +370,11 @@ class Trainer:
                 self._fire(f"{phase}_forward", metric=values, loss=loss, output=outputs[-1])
                 if train:
                     self._fire("train_backward", metric=values, loss=loss, output=outputs[-1])
+                    if steps_policy:  # before the optimizer steps, as crumpets 3 did
+                        self.train_policy.step(
+                            self.state["epoch"] + (step + 1) / len(loader),
+                            self._mean_loss(watch, batches, last=step + 1 == len(loader)),
+                        )
                     if (step + 1) % self.accumulate == 0 or step + 1 == len(loader):
                         self.scaler.step(self.optimizer)
                         self.scaler.update()
@@ -362,6 +407,19 @@ class Trainer:
         self._fire(f"{phase}_end")
         return result
 
+    def _mean_loss(self, watch: _LossWatch, batches: int, last: bool) -> torch.Tensor:
+        """The epoch's mean batch loss so far, a 0-dim device tensor (nothing is read).
+
+        At an epoch's last iteration under DistributedDataParallel it is the mean over all
+        ranks, so that a policy acting on it (ReduceLROnPlateau) sets the same lr on each.
+        """
+        assert watch.total is not None
+        if last and self.world_size > 1:
+            count = torch.full_like(watch.total, float(batches))
+            total, count = _sum_over_ranks(torch.stack([watch.total, count]))
+            return total / count
+        return watch.total / batches
+
     def _reduce(self, metric: Any, loss_sum: float, batches: int, samples: int) -> dict:
         if self.world_size > 1:
             metric.all_reduce(_sum_over_ranks)
@@ -376,19 +434,16 @@ class Trainer:
         return {"loss": loss, **values, "samples": int(samples)}
 
     def train_epoch(self) -> dict:
-        """Train one epoch; returns the loss, metrics, data wait fraction and samples/s."""
-        result = self._epoch("train", self.train_iter, self.loss, self.metric)
-        self.train_policy.step()
-        return result
+        """Train one epoch (``state['epoch']``), stepping ``train_policy`` after every
+        iteration; returns the loss, metrics, data wait fraction and samples/s."""
+        return self._epoch("train", self.train_iter, self.loss, self.metric)
 
     def validate_epoch(self, epoch: int) -> dict:
-        """Validate once; returns the loss and metrics."""
+        """Validate once after training epoch ``epoch`` (counted from 0), then call
+        ``val_policy.step(epoch + 1, val_loss)``; returns the loss and metrics."""
         self.state["epoch"] = epoch
         result = self._epoch("val", self.val_iter, self.val_loss, self.val_metric)
-        if isinstance(self.val_policy, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.val_policy.step(result["loss"])
-        else:
-            self.val_policy.step()
+        self.val_policy.step(epoch + 1, result["loss"])
         return result
 
     # -- the loop -----------------------------------------------------------------------
