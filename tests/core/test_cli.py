@@ -162,7 +162,7 @@ def test_usage_errors_return_2(capsys):
 
 @pytest.mark.parametrize(
     ("command", "dist"),
-    [("preview", "crumpets-augment"), ("bench", "crumpets-torch"), ("train", "crumpets-train")],
+    [("preview", "crumpets-augment"), ("bench", "crumpets-torch"), ("demo", "crumpets-train")],
 )
 def test_missing_plugin_command(command, dist, capsys):
     if command in entry_point_names("crumpets.commands"):

@@ -45,7 +45,7 @@ def test_load_and_cache(monkeypatch):
             "`crumpets preview` needs crumpets-augment: pip install crumpets-augment",
         ),
         ("crumpets.commands", "bench", "`crumpets bench` needs crumpets-torch"),
-        ("crumpets.commands", "train", "pip install crumpets-train"),
+        ("crumpets.commands", "demo", "pip install crumpets-train"),
         ("crumpets.workers", "classification", "worker 'classification' needs crumpets-augment"),
         ("crumpets.workers", "saliency", "pip install crumpets-augment"),
         ("crumpets.gpu_ops", "add_gamma", "GPU operation 'add_gamma' needs crumpets-torch"),

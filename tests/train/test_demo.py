@@ -8,7 +8,7 @@ from crumpets.core.cli import main
 
 
 def test_digits_demo(tmp_path, capsys):
-    assert main(["train", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     accuracy = float(out.split("validation accuracy ")[1].split("%")[0])
     assert accuracy >= 97.0, out

@@ -22,7 +22,7 @@ KNOWN_PLUGINS: dict[str, dict[str, str]] = {
         "info": "crumpets-core",
         "preview": "crumpets-augment",
         "bench": "crumpets-torch",
-        "train": "crumpets-train",
+        "demo": "crumpets-train",
     },
     "crumpets.workers": {
         name: "crumpets-augment"

@@ -9,7 +9,7 @@ to the output folder.
 Needs the demo extra: ``pip install crumpets-train[demo]`` (crumpets-augment,
 scikit-learn, matplotlib).
 
-Run: ``crumpets train --out demo-out`` or ``nox -s demo``.
+Run: ``crumpets demo --out demo-out`` or ``nox -s demo``.
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def _run_command(args: argparse.Namespace) -> int:
         import crumpets.augment  # noqa: F401
     except ImportError as exc:
         print(
-            f"crumpets train: the demo needs {exc.name}: pip install 'crumpets-train[demo]'",
+            f"crumpets demo: the demo needs {exc.name}: pip install 'crumpets-train[demo]'",
             file=sys.stderr,
         )
         return 2
