@@ -36,8 +36,9 @@ def install_local(session: nox.Session, names: list[str], *extra: str) -> None:
     session.install(*args, *extra)
 
 
-# Real photos for tests (skimage.data ships them), never random noise.
-PHOTOS = {"augment": ["scikit-image"], "integration": ["scikit-image"]}
+# What some sessions' tests need besides pytest: real photos (skimage.data ships them,
+# never random noise), and datadings' own reader and writer to check dataset files against.
+TEST_EXTRAS = {"augment": ["scikit-image"], "integration": ["scikit-image", "datadings>=3.4,<4"]}
 
 
 def install_demo(session: nox.Session) -> None:
@@ -46,7 +47,7 @@ def install_demo(session: nox.Session) -> None:
 
 
 def run_tests(session: nox.Session, name: str) -> None:
-    install_local(session, LOCAL[name], *TEST_DEPS, *PHOTOS.get(name, []))
+    install_local(session, LOCAL[name], *TEST_DEPS, *TEST_EXTRAS.get(name, []))
     if name in ("train", "integration"):  # the digits demo is part of their tests
         install_demo(session)
     session.run("pytest", f"tests/{name}", *session.posargs)

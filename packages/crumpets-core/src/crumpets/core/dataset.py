@@ -1,6 +1,6 @@
 """Read and write dataset files in the datadings layout.
 
-A dataset ``NAME`` is three files:
+A dataset ``NAME`` is a data file and its index files:
 
 - ``NAME.msgpack``: the records, concatenated. Each is a msgpack map with a
   ``"key"`` string and the sample's fields (e.g. ``"image"`` bytes, ``"label"``).
@@ -9,37 +9,192 @@ A dataset ``NAME`` is three files:
   offset is 0 and the last is the data file's size.
 - ``NAME.msgpack.keys``: a msgpack list of the records' keys, in order.
 
-Datasets written by datadings load directly, and the files written here load in
-datadings.
+These three are all a :class:`Reader` needs. datadings' reader also expects the three
+below, which it uses to look samples up by key (it warns when one is missing). Their
+formats, as datadings 3.4 writes and reads them:
+
+- ``NAME.msgpack.key_hashes``: an 8-byte salt, then one big-endian uint64 per record,
+  in record order: the first 8 bytes of ``blake2s(key.encode(), salt=salt)``. The
+  salt is the first 8 bytes of ``blake2s(str(t).encode())`` for the first
+  ``t = 0, 1, 2, ...`` under which no two keys hash alike.
+- ``NAME.msgpack.filter``: a Bloom filter of the keys, in simplebloom's format: a
+  32-byte big-endian header ``(b"SIMPBLOO", file size, n, p)`` (struct ``>8sQQd``)
+  with capacity ``n = max(2, len)`` and false-positive rate ``p = 1 / n``, then
+  ``m = ceil(n * ln(p) / c / 8) * 8`` bits, ``c = ln(1 / 2**ln(2))`` (as a float:
+  ``-0.4804530139182015``). A key sets bits ``(h1 + j * h2) mod 2**64 mod m`` for
+  ``j < round(m / n * ln(2))``, where ``h1`` and ``h2`` are the first two big-endian
+  uint64 of ``blake2s(key.encode())``; bit ``b`` is ``1 << (b % 8)`` of byte ``b // 8``.
+- ``NAME.msgpack.md5``: ``md5sum`` lines, ``HEX  FILENAME``, for the data file, then
+  the offsets, keys, key_hashes and filter files.
+
+:class:`Writer` writes all six, so datadings opens the files without warnings and
+finds samples by key; numpy arrays in records are encoded as msgpack_numpy encodes
+them (a map of ``b"nd"``, ``b"type"``, ``b"kind"``, ``b"shape"``, ``b"data"``),
+which datadings decodes and so does :class:`Reader`. A :class:`Reader` reads datasets
+written by datadings, also those of older datadings versions whose index is one
+``NAME.msgpack.index`` file (a msgpack map of key to offset, in record order) in
+place of ``.offsets`` and ``.keys``. :func:`write_index` adds the missing index files
+to a dataset written by an earlier crumpets-core or such an older datadings.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import mmap
 import operator
 import os
+import re
 import secrets
+import struct
+import warnings
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import msgpack
 import numpy as np
 
-from .shm import pack, unpack
+from .shm import unpack
 
-__all__ = ["Reader", "Writer"]
+__all__ = ["Reader", "Writer", "write_index"]
 
 SUFFIX = ".msgpack"
 OFFSETS_SUFFIX = ".offsets"
 KEYS_SUFFIX = ".keys"
+KEY_HASHES_SUFFIX = ".key_hashes"
+FILTER_SUFFIX = ".filter"
+MD5_SUFFIX = ".md5"
+# The index of datadings versions before .offsets and .keys: a map of key to offset.
+LEGACY_INDEX_SUFFIX = ".index"
+# What a Writer writes beside the data file.
+_INDEX_SUFFIXES = (OFFSETS_SUFFIX, KEYS_SUFFIX, KEY_HASHES_SUFFIX, FILTER_SUFFIX, MD5_SUFFIX)
 _OFFSET_DTYPE = np.dtype(">u8")
+
+_SALT_SIZE = 8
+_FILTER_MAGIC = b"SIMPBLOO"
+_FILTER_HEADER = struct.Struct(">8sQQd")
+# As simplebloom spells them, so a filter's size comes out to the same bit (math.log(2) ** 2
+# is one ulp smaller).
+_LN2 = 0.6931471805599453
+_LN2_SQUARED = 0.4804530139182015
+# Keys per step of the vectorised filter: bounds the (keys x hashes) index array.
+_FILTER_CHUNK = 1 << 16
+_MD5_LINE = re.compile(r"([0-9a-f]{32})  (.+)")
 
 
 def data_path(path: str | os.PathLike[str]) -> str:
     """Return the data file's path: ``path`` itself if it ends in .msgpack, else path + .msgpack."""
     path = os.fspath(path)
     return path if path.endswith(SUFFIX) else path + SUFFIX
+
+
+# ---------------------------------------------------------------- record encoding
+
+
+def _encode(obj: Any) -> Any:
+    # numpy arrays as msgpack_numpy encodes them: datadings decodes these to arrays,
+    # and so does crumpets' unpack.
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind in "OV":
+            raise TypeError(
+                f"cannot write an array of dtype {obj.dtype} to a dataset; use a numeric dtype"
+            )
+        return {
+            b"nd": True,
+            b"type": obj.dtype.str,
+            b"kind": b"",
+            b"shape": list(obj.shape),
+            b"data": obj.tobytes(),
+        }
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot pack object of type {type(obj).__name__} with msgpack")
+
+
+def _pack_record(sample: Mapping[str, Any]) -> bytes:
+    return msgpack.packb(dict(sample), default=_encode, use_bin_type=True)
+
+
+# ---------------------------------------------------------------- index files
+
+
+def _key_hashes(keys: Sequence[str], max_tries: int = 1000) -> bytes:
+    """The ``.key_hashes`` file's contents: a salt under which no two keys collide, and
+    each key's salted blake2s hash (8 bytes, in record order)."""
+    encoded = [key.encode("utf-8") for key in keys]
+    for attempt in range(max_tries):
+        salt = _hash_salt(attempt)
+        hashes = b"".join(hashlib.blake2s(key, salt=salt).digest()[:8] for key in encoded)
+        if len(np.unique(np.frombuffer(hashes, dtype=_OFFSET_DTYPE))) == len(encoded):
+            return salt + hashes
+    raise RuntimeError(f"key hashes collide under {max_tries} salts")
+
+
+def _hash_salt(attempt: int) -> bytes:
+    return hashlib.blake2s(str(attempt).encode()).digest()[:_SALT_SIZE]
+
+
+def _filter_shape(capacity: int, rate: float) -> tuple[int, int]:
+    """A Bloom filter's number of bits and of hash functions, sized as simplebloom does."""
+    bits = int(math.ceil(capacity * math.log(rate) / -_LN2_SQUARED / 8) * 8)
+    return bits, int(round(bits / capacity * _LN2))
+
+
+def _key_filter(
+    keys: Sequence[str], capacity: int | None = None, rate: float | None = None
+) -> bytes:
+    """The ``.filter`` file's contents: a Bloom filter of ``keys`` in simplebloom's format.
+
+    ``capacity`` defaults to ``max(2, len(keys))`` and ``rate`` to ``1 / capacity``, as
+    datadings makes them.
+    """
+    capacity = max(2, len(keys)) if capacity is None else capacity
+    rate = 1.0 / capacity if rate is None else rate
+    num_bits, num_hashes = _filter_shape(capacity, rate)
+    bits = np.zeros(num_bits // 8, dtype=np.uint8)
+    if keys:
+        digests = b"".join(hashlib.blake2s(key.encode("utf-8")).digest()[:16] for key in keys)
+        h = np.frombuffer(digests, dtype=_OFFSET_DTYPE).astype(np.uint64).reshape(-1, 2)
+        steps = np.arange(num_hashes, dtype=np.uint64)
+        for start in range(0, len(h), _FILTER_CHUNK):
+            h1, h2 = h[start : start + _FILTER_CHUNK, :1], h[start : start + _FILTER_CHUNK, 1:]
+            # uint64 arithmetic wraps around, as the C implementation's does
+            positions = (h1 + steps * h2) % np.uint64(num_bits)
+            masks = (np.uint64(1) << (positions & np.uint64(7))).astype(np.uint8)
+            np.bitwise_or.at(bits, positions >> np.uint64(3), masks)
+    header = _FILTER_HEADER.pack(_FILTER_MAGIC, _FILTER_HEADER.size + len(bits), capacity, rate)
+    return header + bits.tobytes()
+
+
+def _index_files(
+    path: str, offsets: Sequence[int] | np.ndarray, keys: list[str], data_md5: str
+) -> list[tuple[str, bytes]]:
+    """Every index file of the dataset ``path`` as ``(final path, contents)``, .md5 last."""
+    files = [
+        (OFFSETS_SUFFIX, np.asarray(offsets, dtype=_OFFSET_DTYPE).tobytes()),
+        (KEYS_SUFFIX, msgpack.packb(keys, use_bin_type=True)),
+        (KEY_HASHES_SUFFIX, _key_hashes(keys)),
+        (FILTER_SUFFIX, _key_filter(keys)),
+    ]
+    name = os.path.basename(path)
+    lines = [f"{data_md5}  {name}\n"]
+    lines += [f"{hashlib.md5(data).hexdigest()}  {name}{suffix}\n" for suffix, data in files]
+    files.append((MD5_SUFFIX, "".join(lines).encode("utf-8")))
+    return [(path + suffix, data) for suffix, data in files]
+
+
+def _file_md5(path: str) -> str:
+    md5 = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            md5.update(chunk)
+    return md5.hexdigest()
+
+
+def _temp_path(final: str) -> str:
+    directory, name = os.path.split(os.path.abspath(final))
+    return os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
 
 
 def _discard(files: list[BinaryIO], paths: list[str]) -> None:
@@ -55,8 +210,27 @@ def _discard(files: list[BinaryIO], paths: list[str]) -> None:
     paths.clear()
 
 
+def _sync(file: Any) -> None:
+    file.flush()
+    os.fsync(file.fileno())
+
+
+def _sync_close(file: Any) -> None:
+    try:
+        _sync(file)
+    finally:
+        file.close()
+
+
+# ---------------------------------------------------------------- writer
+
+
 class Writer:
     """Write samples to a dataset file in the datadings layout.
+
+    Besides the data file, :meth:`close` writes the index files: ``.offsets`` and
+    ``.keys``, and the ``.key_hashes``, ``.filter`` and ``.md5`` files that datadings'
+    reader uses for lookups by key (see the module's documentation for their formats).
 
     Records go to temporary files next to ``path``, renamed into place by
     :meth:`close` (the data file last), so a crash never leaves a half-written file
@@ -77,11 +251,12 @@ class Writer:
 
     def __init__(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
         self.path = data_path(path)
-        self._finals = [self.path + KEYS_SUFFIX, self.path + OFFSETS_SUFFIX, self.path]
         if not overwrite:
-            for final in self._finals:
-                if os.path.exists(final):
-                    raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
+            for suffix in ("", *_INDEX_SUFFIXES):
+                if os.path.exists(self.path + suffix):
+                    raise FileExistsError(
+                        f"{self.path + suffix} exists; pass overwrite=True to replace it"
+                    )
         self._temps: list[str] = []
         self._open: list[BinaryIO] = []
         # Temporaries left behind by a Writer that was never closed are removed
@@ -90,10 +265,10 @@ class Writer:
         self._file: BinaryIO | None = self._create_temp(self.path)
         self._offsets = [0]
         self._keys: dict[str, None] = {}
+        self._md5 = hashlib.md5()
 
     def _create_temp(self, final: str) -> BinaryIO:
-        directory, name = os.path.split(os.path.abspath(final))
-        temp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        temp = _temp_path(final)
         # "xb" creates the file with the umask's permissions, unlike tempfile.mkstemp's 0600.
         file = open(temp, "xb")
         self._temps.append(temp)
@@ -108,7 +283,8 @@ class Writer:
 
         Args:
             sample: a mapping with a unique ``"key"`` string and the sample's fields;
-                values must be msgpack-able; numpy arrays and scalars are supported.
+                values must be msgpack-able; numpy arrays (of numeric dtypes) and
+                scalars are supported.
 
         Returns:
             The index of the new record.
@@ -130,29 +306,31 @@ class Writer:
             raise TypeError(f"sample key must be a str, got {type(key).__name__}: {key!r}")
         if key in self._keys:
             raise ValueError(f"duplicate key {key!r} in {self.path}")
-        data = pack(dict(sample))
+        data = _pack_record(sample)
         self._file.write(data)
+        self._md5.update(data)
         self._offsets.append(self._offsets[-1] + len(data))
         self._keys[key] = None
         return len(self._keys) - 1
 
     def close(self) -> None:
-        """Finish the dataset: write offsets and keys, and rename all files into place."""
+        """Finish the dataset: write the index files and rename all files into place."""
         if self._file is None:
             return
         try:
             _sync_close(self._file)
             self._file = None
-            with self._create_temp(self.path + OFFSETS_SUFFIX) as f:
-                f.write(np.asarray(self._offsets, dtype=_OFFSET_DTYPE).tobytes())
-                _sync(f)
-            with self._create_temp(self.path + KEYS_SUFFIX) as f:
-                f.write(msgpack.packb(list(self._keys), use_bin_type=True))
-                _sync(f)
+            renames = []
+            files = _index_files(self.path, self._offsets, list(self._keys), self._md5.hexdigest())
+            for final, contents in files:
+                with self._create_temp(final) as f:
+                    f.write(contents)
+                    _sync(f)
+                renames.append((self._temps[-1], final))
             # Data file last: once NAME.msgpack exists under its final name (and no
-            # older dataset was overwritten), its offsets and keys are complete.
-            data_temp, offsets_temp, keys_temp = self._temps
-            for temp, final in zip((keys_temp, offsets_temp, data_temp), self._finals):
+            # older dataset was overwritten), its index files are complete.
+            renames.append((self._temps[0], self.path))
+            for temp, final in renames:
                 os.replace(temp, final)
             self._temps.clear()
         finally:
@@ -176,47 +354,97 @@ class Writer:
         return f"Writer({self.path!r}, written={len(self)})"
 
 
-def _sync(file: Any) -> None:
-    file.flush()
-    os.fsync(file.fileno())
+def write_index(path: str | os.PathLike[str]) -> None:
+    """Write all index files of an existing dataset from its data file and index.
 
+    For a dataset written by an earlier crumpets-core (no ``.key_hashes``, ``.filter``
+    or ``.md5``, so datadings warns and cannot look samples up by key), or by a
+    datadings version that wrote a ``.index`` file: afterwards it has every file a
+    :class:`Writer` writes. The ``.md5`` file records the data file as it is now, so
+    check the dataset first if it may be damaged. Each file is written to a temporary
+    name and renamed into place; the data file is not touched.
 
-def _sync_close(file: Any) -> None:
+    Args:
+        path: ``NAME.msgpack``, or ``NAME`` to which ``.msgpack`` is added.
+
+    Raises:
+        FileNotFoundError: the data file does not exist.
+        ValueError: the dataset's offsets or keys are missing or malformed (see
+            :class:`Reader`).
+        TypeError: a key is not a str.
+    """
+    with Reader._open_quietly(path) as reader:
+        keys = reader.keys
+        offsets = reader._offsets
+    for key in keys:
+        if not isinstance(key, str):
+            raise TypeError(f"{reader.path}: key {key!r} is not a str")
+    files = _index_files(reader.path, offsets, keys, _file_md5(reader.path))
+    temps: list[str] = []
     try:
-        _sync(file)
+        for final, contents in files:
+            temps.append(_temp_path(final))
+            with open(temps[-1], "xb") as f:
+                f.write(contents)
+                _sync(f)
+        for temp, (final, _) in zip(temps, files):
+            os.replace(temp, final)
+        temps.clear()
     finally:
-        file.close()
+        _discard([], temps)
+
+
+# ---------------------------------------------------------------- reader
+
+
+def _check_offsets(offsets: np.ndarray, source: str, data_path: str, data_size: int) -> np.ndarray:
+    if offsets[0] != 0:
+        raise ValueError(f"{source}: first offset is {offsets[0]}, expected 0")
+    decreasing = np.flatnonzero(offsets[1:] < offsets[:-1])
+    if decreasing.size:
+        i = int(decreasing[0])
+        raise ValueError(
+            f"{source}: offsets must not decrease, but offset {i + 1} is "
+            f"{offsets[i + 1]} after {offsets[i]}"
+        )
+    if offsets[-1] != data_size:
+        raise ValueError(
+            f"{source}: last offset is {offsets[-1]}, expected the size of {data_path}, "
+            f"which is {data_size} bytes (truncated data file, or offsets of another file)"
+        )
+    return offsets
 
 
 def _read_offsets(offsets_path: str, data_path: str, data_size: int) -> np.ndarray:
-    try:
-        with open(offsets_path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise ValueError(
-            f"{offsets_path} is missing: a dataset needs its offsets file next to {data_path}"
-        ) from None
+    with open(offsets_path, "rb") as f:
+        raw = f.read()
     if not raw or len(raw) % 8:
         raise ValueError(
             f"{offsets_path}: size {len(raw)} bytes is not a positive multiple of 8 "
             "(expected big-endian uint64 offsets; the file is truncated or not an offsets file)"
         )
     offsets = np.frombuffer(raw, dtype=_OFFSET_DTYPE).astype(np.uint64)
-    if offsets[0] != 0:
-        raise ValueError(f"{offsets_path}: first offset is {offsets[0]}, expected 0")
-    decreasing = np.flatnonzero(offsets[1:] < offsets[:-1])
-    if decreasing.size:
-        i = int(decreasing[0])
-        raise ValueError(
-            f"{offsets_path}: offsets must not decrease, but offset {i + 1} is "
-            f"{offsets[i + 1]} after {offsets[i]}"
-        )
-    if offsets[-1] != data_size:
-        raise ValueError(
-            f"{offsets_path}: last offset is {offsets[-1]}, expected the size of {data_path}, "
-            f"which is {data_size} bytes (truncated data file, or offsets of another file)"
-        )
-    return offsets
+    return _check_offsets(offsets, offsets_path, data_path, data_size)
+
+
+def _read_legacy_index(
+    index_path: str, data_path: str, data_size: int
+) -> tuple[np.ndarray, list[Any]]:
+    with open(index_path, "rb") as f:
+        raw = f.read()
+    try:
+        pairs = msgpack.unpackb(raw, raw=False, object_pairs_hook=list, strict_map_key=False)
+    except Exception as e:
+        raise ValueError(f"{index_path}: not a msgpack map of keys to offsets ({e})") from e
+    if not isinstance(pairs, list) or not all(
+        isinstance(offset, int) and not isinstance(offset, bool) for _, offset in pairs
+    ):
+        raise ValueError(f"{index_path}: expected a msgpack map of keys to integer offsets")
+    if any(offset < 0 for _, offset in pairs):
+        raise ValueError(f"{index_path}: an offset is negative")
+    offsets = np.array([offset for _, offset in pairs] + [data_size], dtype=np.uint64)
+    offsets = _check_offsets(offsets, index_path, data_path, data_size)
+    return offsets, [key for key, _ in pairs]
 
 
 def _read_keys(keys_path: str, length: int) -> list[str] | None:
@@ -238,6 +466,52 @@ def _read_keys(keys_path: str, length: int) -> list[str] | None:
     return keys
 
 
+def _read_md5_file(md5_path: str) -> dict[str, str]:
+    """The ``.md5`` file as {file name: hex digest}; ValueError if a line is malformed."""
+    with open(md5_path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    hashes = {}
+    for number, line in enumerate(lines, 1):
+        match = _MD5_LINE.fullmatch(line)
+        if match is None:
+            raise ValueError(f"{md5_path}: line {number} is not 'MD5  FILENAME': {line[:80]!r}")
+        hashes[match[2]] = match[1]
+    return hashes
+
+
+def _extras_problem(path: str, suffix: str, length: int) -> str | None:
+    """What is wrong with the optional index file ``path + suffix``, judged by its size and
+    header only (cheap enough for every open); None if nothing, or if it does not exist."""
+    extra = path + suffix
+    try:
+        size = os.path.getsize(extra)
+        if suffix == KEY_HASHES_SUFFIX:
+            expected = _SALT_SIZE + 8 * length
+            if size != expected:
+                return f"size {size} bytes, expected {expected} (a salt and {length} hashes)"
+        elif suffix == FILTER_SUFFIX:
+            with open(extra, "rb") as f:
+                header = f.read(_FILTER_HEADER.size)
+            if len(header) < _FILTER_HEADER.size:
+                return f"size {size} bytes is too small for a Bloom filter"
+            magic, total, capacity, _ = _FILTER_HEADER.unpack(header)
+            if magic != _FILTER_MAGIC:
+                return f"starts with {magic!r}, not {_FILTER_MAGIC!r} (not a simplebloom filter)"
+            if total != size:
+                return f"size {size} bytes, but its header says {total}"
+            if capacity != max(2, length):
+                return f"a filter for {capacity} keys, but the dataset has {length}"
+        elif suffix == MD5_SUFFIX:
+            hashes = _read_md5_file(extra)
+            if os.path.basename(path) not in hashes:
+                return f"has no MD5 of {os.path.basename(path)}"
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return str(e)
+    return None
+
+
 class Reader:
     """Random access to the records of a dataset file in the datadings layout.
 
@@ -246,8 +520,15 @@ class Reader:
     be given to the loader directly (it shuffles the indices per epoch itself).
     A Reader survives pickling (the path is stored and the files re-opened) and fork.
 
-    The files are checked when opened; a missing ``.keys`` file is allowed, the
-    keys are then read from the records on first use of :attr:`keys`.
+    The offsets and keys are checked when opened; a missing ``.keys`` file is allowed,
+    the keys are then read from the records on first use of :attr:`keys`. Datasets of
+    older datadings versions, with a ``.index`` file in place of ``.offsets`` and
+    ``.keys``, load too. The ``.key_hashes``, ``.filter`` and ``.md5`` files are
+    datadings' and optional here: a Reader does not need them, and :meth:`find` looks
+    keys up without them. If one is present but malformed (wrong size, wrong header,
+    not for this many records), opening warns, since datadings' lookups by key would
+    fail or mislead; :func:`write_index` writes them again. :meth:`verify` checks every
+    file's contents.
 
     Args:
         path: ``NAME.msgpack``, or ``NAME`` to which ``.msgpack`` is added.
@@ -257,20 +538,54 @@ class Reader:
         ValueError: the offsets file is missing, malformed or disagrees with the
             data file's size, or the keys file does not hold one key per record.
 
+    Warns:
+        UserWarning: a ``.key_hashes``, ``.filter`` or ``.md5`` file is malformed.
+
     Example:
         >>> with Reader("train.msgpack") as reader:
         ...     sample = reader.get(0)  # {"key": ..., "image": ..., "label": ...}
+        ...     sample = reader.get(reader.find("cat/1.jpg"))
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = data_path(path)
+        self._open(data_path(path))
+        for suffix in (KEY_HASHES_SUFFIX, FILTER_SUFFIX, MD5_SUFFIX):
+            problem = _extras_problem(self.path, suffix, len(self))
+            if problem is not None:
+                warnings.warn(
+                    f"{self.path + suffix}: {problem}. crumpets does not need this file, but "
+                    "datadings looks keys up with it; crumpets.core.dataset.write_index "
+                    "writes it again",
+                    UserWarning,
+                    stacklevel=2,
+                )
+
+    @classmethod
+    def _open_quietly(cls, path: str | os.PathLike[str]) -> Reader:
+        """A Reader that does not look at the optional index files."""
+        reader = cls.__new__(cls)
+        reader._open(data_path(path))
+        return reader
+
+    def _open(self, path: str) -> None:
+        self.path = path
         self._mmap: mmap.mmap | None = None
         self._closed = False
         self._index: dict[str, int] | None = None
         with open(self.path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            self._offsets = _read_offsets(self.path + OFFSETS_SUFFIX, self.path, size)
-            self._keys = _read_keys(self.path + KEYS_SUFFIX, len(self._offsets) - 1)
+            offsets_path = self.path + OFFSETS_SUFFIX
+            legacy_path = self.path + LEGACY_INDEX_SUFFIX
+            if os.path.exists(offsets_path):
+                self._offsets = _read_offsets(offsets_path, self.path, size)
+                self._keys = _read_keys(self.path + KEYS_SUFFIX, len(self._offsets) - 1)
+            elif os.path.exists(legacy_path):
+                self._offsets, self._keys = _read_legacy_index(legacy_path, self.path, size)
+            else:
+                raise ValueError(
+                    f"{offsets_path} is missing: a dataset needs its offsets file (or the "
+                    f".index file of older datadings versions) next to {self.path}"
+                )
             # mmap refuses empty files; an empty dataset has nothing to map.
             if size:
                 self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -323,6 +638,62 @@ class Reader:
         except KeyError:
             raise KeyError(f"key {key!r} not in {self.path}") from None
 
+    def verify(self) -> None:
+        """Check the dataset's files against its ``.md5`` file, and its ``.key_hashes`` and
+        ``.filter`` files (where present) against its keys.
+
+        This reads every file in full, the data file too: a check after copying or
+        downloading a dataset, not one for every open.
+
+        Raises:
+            FileNotFoundError: the dataset has no ``.md5`` file.
+            ValueError: a file's MD5 differs from the one recorded, a file the ``.md5``
+                file lists is missing, the ``.md5`` file does not list the data file, or
+                the key hashes or the filter do not match the keys.
+        """
+        md5_path = self.path + MD5_SUFFIX
+        hashes = _read_md5_file(md5_path)
+        directory, name = os.path.split(self.path)
+        if name not in hashes:
+            raise ValueError(f"{md5_path}: has no MD5 of {name}")
+        for listed, expected in hashes.items():
+            listed_path = os.path.join(directory, listed)
+            try:
+                actual = _file_md5(listed_path)
+            except FileNotFoundError:
+                raise ValueError(f"{listed_path} is missing (listed in {md5_path})") from None
+            if actual != expected:
+                raise ValueError(
+                    f"{listed_path}: MD5 is {actual}, but {md5_path} records {expected} "
+                    "(the file was changed or damaged)"
+                )
+        keys = self.keys
+        hashes_path = self.path + KEY_HASHES_SUFFIX
+        if os.path.exists(hashes_path):
+            with open(hashes_path, "rb") as f:
+                raw = f.read()
+            salt = raw[:_SALT_SIZE]
+            encoded = [key.encode("utf-8") for key in keys]
+            expected_hashes = b"".join(
+                hashlib.blake2s(key, salt=salt).digest()[:8] for key in encoded
+            )
+            if len(raw) != _SALT_SIZE + len(expected_hashes) or raw[_SALT_SIZE:] != expected_hashes:
+                raise ValueError(f"{hashes_path}: the key hashes do not match the keys")
+        filter_path = self.path + FILTER_SUFFIX
+        if os.path.exists(filter_path):
+            with open(filter_path, "rb") as f:
+                raw = f.read()
+            if len(raw) < _FILTER_HEADER.size:
+                raise ValueError(f"{filter_path}: too small for a Bloom filter")
+            magic, _, capacity, rate = _FILTER_HEADER.unpack_from(raw)
+            # Sized from the header, as datadings loads it; compared only once the sizes
+            # agree, so a damaged header cannot ask for a huge filter.
+            sized = capacity >= 2 and 0 < rate < 1
+            if sized:
+                sized = _FILTER_HEADER.size + _filter_shape(capacity, rate)[0] // 8 == len(raw)
+            if magic != _FILTER_MAGIC or not sized or raw != _key_filter(keys, capacity, rate):
+                raise ValueError(f"{filter_path}: not the Bloom filter of the keys")
+
     def close(self) -> None:
         """Unmap the data file. Reading afterwards raises ValueError."""
         self._closed = True
@@ -341,7 +712,8 @@ class Reader:
         return {"path": self.path}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])  # type: ignore[misc]
+        # Checked (and warned about) when the original was opened; not again in each worker.
+        self._open(state["path"])
 
     def __repr__(self) -> str:
         return f"Reader({self.path!r}, len={len(self)})"
