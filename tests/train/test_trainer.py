@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from crumpets.train import EVENTS, Trainer
 from crumpets.train.loss import CrossEntropyLoss
 from crumpets.train.metrics import AccuracyMetric
 from crumpets.train.policy import NoopPolicy, PolyPolicy, ReduceLROnPlateau
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def make(outdir, epochs=4, seed=0, quiet=True, **kwargs):
@@ -115,9 +118,17 @@ def test_nan_loss_stops_with_the_iteration_and_keeps_the_snapshot(tmp_path):
 @pytest.mark.parametrize("amp", ["bf16"])
 def test_mixed_precision_and_accumulation(tmp_path, amp):
     trainer, train, val = make(tmp_path, amp=amp, accumulate=2, snapshot_interval=0)
+    dtypes, steps = [], []
+    body = trainer.network.body
+    body.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    trainer.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: steps.append(1))
     with train, val:
         history = trainer.train(3)
     assert history[-1]["val"]["top1_accuracy"] > 0.5  # learns: chance is 0.1
+    # the forward ran under autocast, and the optimizer stepped once per 2 batches
+    # (and at the end of each epoch: 15 batches of 32 per epoch here)
+    assert set(dtypes) == {AMP_DTYPES[amp]}
+    assert len(steps) == 3 * math.ceil(len(train) / 2)
     with pytest.raises(ValueError, match="amp"):
         make(tmp_path, amp="fp8")
 
