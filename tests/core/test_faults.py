@@ -3,6 +3,7 @@ behind (the autouse fixture in conftest checks processes, /dev/shm and ipc socke
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import time
 import numpy as np
 import pytest
 from _core_workers import FailingWorker, IndexWorker, SlowWorker, StuckWorker, SuicideWorker
-from _leaks import children, resources
+from _leaks import children, memory_files, resources
 
 from crumpets.core import TurboDataLoader, Worker, pack
 from crumpets.core.shm import SharedBufferManager
@@ -166,10 +167,29 @@ def test_worker_that_is_not_a_buffer_worker_runs():
     assert got == [(30, 0), (30, 30), (30, 60), (10, 90)]
 
 
-def test_too_little_shm_is_detected_before_allocating():
-    with pytest.raises(OSError, match=r"needs [\d,]+ bytes .*--shm-size") as info:
+def test_too_little_memory_is_detected_before_allocating():
+    with pytest.raises(
+        OSError, match=r"needs [\d,]+ bytes but .* leaves [\d,]+\. .*shared_memory=N"
+    ) as info:
         SharedBufferManager(4, 10**6, {"x": ((10**6,), np.float64)})
-    assert info.value.errno == 28
+    assert info.value.errno == errno.ENOMEM
+
+
+def test_too_little_shm_for_a_named_pool_is_detected_before_allocating():
+    with pytest.raises(OSError, match=r"needs [\d,]+ bytes .*--shm-size") as info:
+        SharedBufferManager(4, 10**6, {"x": ((10**6,), np.float64)}, anonymous=False)
+    assert info.value.errno == errno.ENOSPC
+
+
+def test_spawned_workers_leave_no_name_in_dev_shm_once_ready(monkeypatch):
+    from crumpets.core import broker
+
+    monkeypatch.setattr(broker, "START_METHOD", "spawn")
+    with TurboDataLoader(SAMPLES, 10, IndexWorker(), 2) as loader:
+        manager = loader.buffer_manager
+        assert not manager.anonymous and manager.name.startswith(f"crumpets_{os.getpid()}_")
+        assert manager.name not in os.listdir("/dev/shm")  # unlinked once both were ready
+        assert sorted(int(i) for _, (mb,) in loader for i in mb["index"][:, 0]) == list(range(100))
 
 
 SCRIPT = textwrap.dedent(
@@ -204,7 +224,7 @@ def test_main_process_terminated_leaves_nothing(sig, code):
     proc.stdin.write(b"go\n")
     proc.stdin.close()
     assert proc.wait(timeout=10) == code
-    # Orphaned workers notice within their 1 s poll; the resource tracker unlinks shm.
+    # Orphaned workers notice within their 1 s poll; the pool goes with the last of them.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and (
         resources(proc.pid) or any(os.path.exists(f"/proc/{w}") for w in workers)
@@ -265,3 +285,67 @@ def test_plain_iterator_cannot_go_back():
         with pytest.raises(ValueError, match="cannot go back"):
             for _ in loader:
                 pass
+
+
+GROUP_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from _core_workers import SlowWorker
+    from crumpets.core import TurboDataLoader, broker, pack
+
+    broker.START_METHOD = {start_method!r}
+    loader = TurboDataLoader([pack({{"i": i}}) for i in range(1000)], 10, SlowWorker(), 2)
+    with loader:
+        for iteration, _ in loader:
+            if iteration == 2:
+                print(loader.buffer_manager.name, flush=True)
+                time.sleep(60)
+    """
+)
+
+
+def process_group(pgid: int) -> set[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_killing_the_whole_process_group_leaves_nothing(start_method):
+    """The OOM killer, a scheduler cancelling a job, `kill -9 -PGID`: every process dies
+    at once, multiprocessing's resource tracker included, so nothing can clean up."""
+    script = GROUP_SCRIPT.format(tests=os.path.dirname(__file__), start_method=start_method)
+    before = {n for n in os.listdir("/dev/shm") if n.startswith("crumpets_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        name = proc.stdout.readline().decode().strip()  # mid-epoch
+        group = process_group(proc.pid)
+        assert len(group) >= 3  # the loader and its 2 workers (and spawn's tracker)
+        if start_method == "fork":
+            assert name == "None" and memory_files(proc.pid)  # an anonymous pool
+        else:
+            assert name.startswith(f"crumpets_{proc.pid}_")  # named, and unlinked already
+        os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+    deadline = time.monotonic() + 5
+    while process_group(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not process_group(proc.pid)
+    after = {n for n in os.listdir("/dev/shm") if n.startswith("crumpets_")}
+    assert not after - before

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import gc
+import os
 import pickle
 
 import numpy as np
 import pytest
+from _leaks import dev_shm_entries as shm_segments_in_dev_shm
+from _leaks import memory_files
 from hypothesis import given
 from hypothesis.extra import numpy as hnp
 
+from crumpets.core import shm
 from crumpets.core.shm import DummyBufferManager, SharedBufferManager, pack, shared_array, unpack
 
 SPECS = {"image": ((3, 4, 5), np.uint8, (1, 2, 3)), "label": ((1,), np.int64)}
@@ -110,3 +115,208 @@ def test_shared_array_is_shared_with_forked_children():
     proc.start()
     proc.join()
     assert arr.tolist() == [9, 9, 9, 9]
+
+
+# -- where the pool lives ------------------------------------------------------------------
+linux_memfd = pytest.mark.skipif(
+    not hasattr(os, "memfd_create"), reason="anonymous memory files are Linux's memfd_create"
+)
+
+
+@linux_memfd
+def test_pool_is_an_anonymous_memory_file_without_a_name():
+    import fcntl
+
+    manager = SharedBufferManager(2, 4, SPECS)
+    try:
+        assert manager.anonymous and manager.name is None
+        assert not shm_segments_in_dev_shm()
+        # held twice: the manager's descriptor, and the duplicate Python's mmap keeps
+        fds = [int(path.rsplit("/", 1)[1]) for path in memory_files()]
+        assert len({os.fstat(fd).st_ino for fd in fds}) == 1
+        fd = fds[0]
+        assert os.fstat(fd).st_size == manager.nbytes
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        assert seals & fcntl.F_SEAL_SHRINK and seals & fcntl.F_SEAL_GROW  # no SIGBUS
+        buffers = manager.buffers(1)
+        buffers["label"][:] = 3
+        assert buffers["label"].__array_interface__["data"][0] >= manager.address
+        assert manager.address + manager.nbytes > buffers["label"].__array_interface__["data"][0]
+        manager.unlink()  # nothing to remove, and harmless
+        assert manager.buffers(1)["label"][0, 0] == 3
+    finally:
+        manager.close()
+    assert memory_files()  # an array of the pool is alive: so is the pool
+    del buffers
+    assert not memory_files()  # the last array is gone: so is the pool
+
+
+@linux_memfd
+def test_anonymous_pool_is_shared_with_forked_children_and_freed_with_them():
+    import multiprocessing as mp
+
+    manager = SharedBufferManager(1, 2, SPECS)
+    proc = mp.get_context("fork").Process(
+        target=manager.buffers(0)["label"].__setitem__, args=(slice(None), 9)
+    )
+    proc.start()
+    proc.join()
+    proc.close()
+    assert manager.buffers(0)["label"].tolist() == [[9], [9]]
+    manager.close()
+
+
+@linux_memfd
+def test_pickled_anonymous_pool_attaches_in_another_process():
+    import subprocess
+    import sys
+
+    manager = SharedBufferManager(1, 2, SPECS)
+    try:
+        code = (
+            "import pickle, sys; m = pickle.loads(sys.stdin.buffer.read()); "
+            "m.buffers(0)['label'][:, 0] = [21, 22]; m.close()"
+        )
+        subprocess.run([sys.executable, "-c", code], input=pickle.dumps(manager), check=True)
+        assert manager.buffers(0)["label"][:, 0].tolist() == [21, 22]
+    finally:
+        manager.close()
+
+
+@linux_memfd
+def test_pickled_anonymous_pool_cannot_attach_once_closed():
+    manager = SharedBufferManager(1, 2, SPECS)
+    state = pickle.dumps(manager)
+    manager.close()
+    with pytest.raises(OSError, match="shared memory pool"):
+        pickle.loads(state)
+
+
+def test_named_pool_lives_in_dev_shm_until_unlinked():
+    manager = SharedBufferManager(1, 2, SPECS, anonymous=False)
+    try:
+        assert not manager.anonymous
+        assert shm_segments_in_dev_shm() == {manager.name}
+        clone = pickle.loads(pickle.dumps(manager))  # what a spawned worker does
+        manager.unlink()  # every worker has mapped it: the name goes, the memory stays
+        assert not shm_segments_in_dev_shm()
+        clone.buffers(0)["label"][:, 0] = [5, 6]
+        assert manager.buffers(0)["label"][:, 0].tolist() == [5, 6]
+        clone.close()
+        with pytest.raises(FileNotFoundError):
+            pickle.loads(pickle.dumps(manager))  # nobody can attach any more
+    finally:
+        manager.close()  # the name is gone already: nothing to complain about
+
+
+@linux_memfd
+@pytest.mark.parametrize("errno_", [errno.ENOSYS, errno.EPERM])
+def test_without_memory_files_the_pool_is_named(monkeypatch, errno_):
+    def refuse(name, flags=0):
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(os, "memfd_create", refuse)
+    manager = SharedBufferManager(1, 2, SPECS)
+    try:
+        assert not manager.anonymous and shm_segments_in_dev_shm() == {manager.name}
+    finally:
+        manager.close()
+    assert not shm_segments_in_dev_shm()
+
+
+@linux_memfd
+def test_kernel_without_noexec_seal_gets_a_memory_file_all_the_same(monkeypatch):
+    create, tried = os.memfd_create, []
+
+    def old_kernel(name, flags=os.MFD_CLOEXEC):
+        tried.append(flags)
+        if flags & 0x0008:  # MFD_NOEXEC_SEAL, Linux 6.3
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return create(name, flags)
+
+    monkeypatch.setattr(os, "memfd_create", old_kernel)
+    manager = SharedBufferManager(1, 2, SPECS)
+    try:
+        assert manager.anonymous and len(tried) == 2
+    finally:
+        manager.close()
+
+
+# -- room before allocating ------------------------------------------------------------------
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def mountinfo(*mounts):
+    return "".join(
+        f"{30 + i} 23 0:{40 + i} {root} {point} rw,relatime - {fstype} cgroup {opts}\n"
+        for i, (root, point, fstype, opts) in enumerate(mounts)
+    )
+
+
+def test_cgroup_v2_limits_of_the_cgroup_and_its_parents(tmp_path):
+    fs = tmp_path / "cgroup"
+    write(fs / "job/memory.max", "max\n")  # the job itself: no limit of its own
+    write(fs / "job/memory.current", "5000\n")
+    write(fs / "memory.max", "100000\n")  # its parent (a systemd slice): a limit
+    write(fs / "memory.current", "70000\n")
+    write(fs / "memory.stat", "anon 40000\nfile 30000\nactive_file 10000\ninactive_file 20000\n")
+    write(tmp_path / "cgroup.txt", "0::/job\n")
+    write(tmp_path / "mountinfo", mountinfo(("/", fs, "cgroup2", "rw")))
+    found = shm._cgroup_limits(str(tmp_path / "cgroup.txt"), str(tmp_path / "mountinfo"))
+    # page cache is reclaimable: 100,000 - (70,000 - 30,000) bytes left
+    assert found == [
+        (60000, f"the cgroup memory limit {fs}/memory.max (100,000 bytes, 40,000 in use)")
+    ]
+
+
+def test_cgroup_v1_memory_controller_and_a_mount_of_a_subtree(tmp_path):
+    # a container without a cgroup namespace: its mount shows /docker/abc as the root
+    fs = tmp_path / "memory"
+    write(fs / "memory.limit_in_bytes", "67108864\n")
+    write(fs / "memory.usage_in_bytes", "60000000\n")
+    write(fs / "memory.stat", "cache 1\ntotal_active_file 1000000\ntotal_inactive_file 0\n")
+    write(tmp_path / "cgroup.txt", "5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n")
+    write(
+        tmp_path / "mountinfo",
+        mountinfo(
+            ("/docker/abc", tmp_path / "cpu", "cgroup", "rw,cpu,cpuacct"),
+            ("/docker/abc", fs, "cgroup", "rw,memory"),
+            ("/", tmp_path / "unified", "cgroup2", "rw"),  # no memory files there
+        ),
+    )
+    found = shm._cgroup_limits(str(tmp_path / "cgroup.txt"), str(tmp_path / "mountinfo"))
+    assert found == [
+        (
+            8108864,
+            f"the cgroup memory limit {fs}/memory.limit_in_bytes "
+            "(67,108,864 bytes, 59,000,000 in use)",
+        )
+    ]
+
+
+def test_cgroup_v1_without_a_limit_and_without_cgroups(tmp_path):
+    fs = tmp_path / "memory"
+    write(fs / "memory.limit_in_bytes", "9223372036854771712\n")  # v1's "unlimited"
+    write(fs / "memory.usage_in_bytes", "60000000\n")
+    write(tmp_path / "cgroup.txt", "4:memory:/\n")
+    write(tmp_path / "mountinfo", mountinfo(("/", fs, "cgroup", "rw,memory")))
+    assert shm._cgroup_limits(str(tmp_path / "cgroup.txt"), str(tmp_path / "mountinfo")) == []
+    assert shm._cgroup_limits(str(tmp_path / "none"), str(tmp_path / "mountinfo")) == []
+
+
+def test_pool_that_exceeds_a_memory_limit_is_refused_naming_the_limit(monkeypatch):
+    limit = "the cgroup memory limit /sys/fs/cgroup/job/memory.max (1,000,000 bytes, 0 in use)"
+    monkeypatch.setattr(shm, "_cgroup_limits", lambda: [(1_000_000, limit)])
+    assert shm.available_memory() == (1_000_000, limit)
+    for anonymous in (True, False):
+        with pytest.raises(OSError, match="buffers") as info:
+            SharedBufferManager(2, 1000, {"x": ((1000,), np.uint8)}, anonymous=anonymous)
+        assert info.value.errno == errno.ENOMEM
+        text = str(info.value)
+        assert "shared memory pool (2 buffer sets of 1,000,000 bytes) needs 2,000,000" in text
+        assert limit in text and "leaves 1,000,000" in text
+        assert "shared_memory=N, batch_size" in text
+    assert not shm_segments_in_dev_shm() and not memory_files()
+    SharedBufferManager(1, 1000, {"x": ((1000,), np.uint8)}).close()  # what fits is fine

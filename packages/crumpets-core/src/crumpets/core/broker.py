@@ -57,6 +57,7 @@ __all__ = [
     "make_buffer",
     "make_bufferspec",
     "make_fill_value",
+    "workers_are_forked",
 ]
 
 # glibc's mallopt parameters (malloc.h)
@@ -88,6 +89,13 @@ def keep_freed_memory(limit: int = 32 << 20) -> None:
 # forked before the parent creates its zmq context, so no zmq thread is forked. Where
 # fork is unavailable or unsafe, spawn pickles the template instead.
 START_METHOD = "fork" if sys.platform == "linux" else "spawn"
+
+
+def workers_are_forked() -> bool:
+    """True if worker processes are forked, so they inherit the parent's memory mappings
+    (an anonymous shared buffer pool among them); False if they are spawned and attach to
+    a named pool."""
+    return START_METHOD == "fork"
 
 
 class WorkerError(RuntimeError):
@@ -602,6 +610,12 @@ class Pipeline:
                 )
                 self.dispatcher.start()
             self._wait_ready()
+            # Every worker has mapped the buffer pool: a named one loses its name now, so
+            # that a later kill of every process (the OOM killer, `kill -9 -PGID`), which
+            # takes the resource tracker too, leaves nothing in /dev/shm.
+            unlink = getattr(self.buffer_manager, "unlink", None)
+            if unlink is not None:
+                unlink()
         except BaseException:
             self.stop()
             raise

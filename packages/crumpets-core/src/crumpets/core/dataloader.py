@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .broker import Pipeline, Worker
+from .broker import Pipeline, Worker, workers_are_forked
 from .dataset import Reader
 from .shm import DummyBufferManager, SharedBufferManager
 
@@ -326,7 +326,10 @@ class TurboDataLoader:
 
     def _make_buffer_manager(self, shared: bool, specs: dict) -> Any:
         if shared:
-            return SharedBufferManager(self.num_buffers, self.batch_size, specs)
+            # forked workers inherit an anonymous pool; spawned ones attach to a named one
+            return SharedBufferManager(
+                self.num_buffers, self.batch_size, specs, anonymous=workers_are_forked()
+            )
         return DummyBufferManager(self.batch_size, specs)
 
     def _deliver(self, mini_batches: list[dict]) -> list:

@@ -164,8 +164,9 @@ class SigmoidPolicy(_EpochPolicy):
 
     By default ``x = e / num_epochs - 1``, the formula the reference documents: the lr
     falls from ``base_lr / (1 + exp(-q))`` at epoch 0 (0.9975 base_lr for q=6) through
-    0.95 base_lr at ``num_epochs / 2`` to only base_lr / 2 at ``num_epochs``. With ``centered=True``, ``x = 2 * e / num_epochs - 1``: the sigmoid is
-    centred on ``num_epochs / 2`` and the lr falls from about base_lr through base_lr / 2
+    0.95 base_lr at ``num_epochs / 2`` to only base_lr / 2 at ``num_epochs``. With
+    ``centered=True``, ``x = 2 * e / num_epochs - 1``: the sigmoid is centred on
+    ``num_epochs / 2`` and the lr falls from about base_lr through base_lr / 2
     to about 0 (``base_lr / (1 + exp(q))``, 0.0025 base_lr for q=6) at ``num_epochs``.
 
     Args:
