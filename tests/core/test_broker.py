@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from _core_workers import IndexWorker, MemoryChurnWorker
 
-from crumpets.core import TurboDataLoader, broker, pack
+from crumpets.core import TurboDataLoader, _platform, broker, pack
 from crumpets.core.broker import make_buffer, make_bufferspec, make_fill_value
 from crumpets.core.shm import SharedBufferManager
 
@@ -50,7 +50,7 @@ def test_worker_template_survives_pickling_with_a_shared_manager():
 
 
 def test_spawn_and_tcp_path_used_off_linux(monkeypatch):
-    monkeypatch.setattr(broker, "START_METHOD", "spawn")
+    monkeypatch.setattr(_platform, "START_METHOD", "spawn")
     data = [pack({"i": i}) for i in range(23)]
     with TurboDataLoader(data, 5, IndexWorker(), 2, shuffle=True, seed=2) as loader:
         seen = sorted(i for _, (mb,) in loader for i in mb["index"][:, 0])
@@ -88,7 +88,7 @@ def test_keep_freed_memory_stops_page_faults_per_sample():
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc is what is tuned")
 def test_workers_keep_freed_memory(monkeypatch):
     # spawned, so the worker starts with a fresh malloc, not a copy of this process's
-    monkeypatch.setattr(broker, "START_METHOD", "spawn")
+    monkeypatch.setattr(_platform, "START_METHOD", "spawn")
     data = [pack({"i": i}) for i in range(40)]
     with TurboDataLoader(data, 10, MemoryChurnWorker(), 1) as loader:
         faults = [f for _, (mb,) in loader for f in mb["faults"]]

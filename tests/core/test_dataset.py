@@ -403,7 +403,7 @@ def test_index_files_follow_the_documented_layout(tmp_path, n):
 
 
 def test_key_hashes_change_salt_on_a_collision(monkeypatch):
-    from crumpets.core import dataset
+    from crumpets.core import _index_files
 
     real = hashlib.blake2s
     first_salt = real(b"0").digest()[:8]
@@ -415,8 +415,8 @@ def test_key_hashes_change_salt_on_a_collision(monkeypatch):
         return types.SimpleNamespace(digest=lambda: digest.digest()[:1] + bytes(31))
 
     keys = [f"k{i}" for i in range(100)]  # 100 keys in 256 one-byte hashes collide
-    monkeypatch.setattr(dataset.hashlib, "blake2s", weak_under_the_first_salt)
-    hashes = dataset._key_hashes(keys)
+    monkeypatch.setattr(_index_files.hashlib, "blake2s", weak_under_the_first_salt)
+    hashes = _index_files._key_hashes(keys)
     monkeypatch.undo()
     second_salt = real(b"1").digest()[:8]
     assert hashes == second_salt + b"".join(

@@ -182,9 +182,9 @@ def test_too_little_shm_for_a_named_pool_is_detected_before_allocating():
 
 
 def test_spawned_workers_leave_no_name_in_dev_shm_once_ready(monkeypatch):
-    from crumpets.core import broker
+    from crumpets.core import _platform
 
-    monkeypatch.setattr(broker, "START_METHOD", "spawn")
+    monkeypatch.setattr(_platform, "START_METHOD", "spawn")
     with TurboDataLoader(SAMPLES, 10, IndexWorker(), 2) as loader:
         manager = loader.buffer_manager
         assert not manager.anonymous and manager.name.startswith(f"crumpets_{os.getpid()}_")
@@ -232,6 +232,64 @@ def test_main_process_terminated_leaves_nothing(sig, code):
         time.sleep(0.05)
     assert not resources(proc.pid)
     assert not [w for w in workers if os.path.exists(f"/proc/{w}")]
+
+
+TWO_LOADERS = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    sys.path.insert(0, {tests!r})
+    from _core_workers import IndexWorker, SlowWorker
+    from crumpets.core import TurboDataLoader, pack
+
+    samples = [pack({{"i": i}}) for i in range(1000)]
+    first = TurboDataLoader(samples, 10, IndexWorker(), 1)
+    second = TurboDataLoader(samples, 10, SlowWorker(), 1)
+    {order}
+    try:
+        for iteration, _ in second:
+            if iteration == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+    finally:
+        second.stop()
+        print("stopped", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        "first.start(); second.start(); first.stop()",  # stopped before the other
+        "second.start(); first.start(); first.stop()",  # started and stopped after it
+    ],
+)
+def test_sigterm_unwinds_with_any_number_of_loaders_in_any_order(order):
+    script = TWO_LOADERS.format(tests=os.path.dirname(__file__), order=order)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    # SystemExit(143) unwound through the loop: the running loader stopped its workers
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stdout == "stopped\n"
+
+
+def test_a_workers_own_source_attribute_is_left_alone(tmp_path):
+    from crumpets.core import Reader, Writer
+
+    class Tagged(Worker):
+        def __init__(self):
+            super().__init__()
+            self.source = "my own"
+
+        def process(self, request):
+            return {"source": self.source, "n": len(request.items)}
+
+    with Writer(tmp_path / "d") as writer:
+        for i in range(20):
+            writer.write({"key": str(i), "i": i})
+    with Reader(tmp_path / "d") as reader, TurboDataLoader(reader, 10, Tagged(), 2) as loader:
+        assert [(mb["source"], mb["n"]) for _, (mb,) in loader] == [("my own", 10)] * 2
 
 
 def test_stalled_worker_is_reported_with_its_stack(capfd):
@@ -292,9 +350,9 @@ GROUP_SCRIPT = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {tests!r})
     from _core_workers import SlowWorker
-    from crumpets.core import TurboDataLoader, broker, pack
+    from crumpets.core import TurboDataLoader, _platform, pack
 
-    broker.START_METHOD = {start_method!r}
+    _platform.START_METHOD = {start_method!r}
     loader = TurboDataLoader([pack({{"i": i}}) for i in range(1000)], 10, SlowWorker(), 2)
     with loader:
         for iteration, _ in loader:

@@ -14,7 +14,7 @@ from _leaks import memory_files
 from hypothesis import given
 from hypothesis.extra import numpy as hnp
 
-from crumpets.core import shm
+from crumpets.core import _platform, shm
 from crumpets.core.shm import DummyBufferManager, SharedBufferManager, pack, shared_array, unpack
 
 SPECS = {"image": ((3, 4, 5), np.uint8, (1, 2, 3)), "label": ((1,), np.int64)}
@@ -264,7 +264,7 @@ def test_cgroup_v2_limits_of_the_cgroup_and_its_parents(tmp_path):
     write(fs / "memory.stat", "anon 40000\nfile 30000\nactive_file 10000\ninactive_file 20000\n")
     write(tmp_path / "cgroup.txt", "0::/job\n")
     write(tmp_path / "mountinfo", mountinfo(("/", fs, "cgroup2", "rw")))
-    found = shm._cgroup_limits(str(tmp_path / "cgroup.txt"), str(tmp_path / "mountinfo"))
+    found = _platform._cgroup_limits(str(tmp_path / "cgroup.txt"), str(tmp_path / "mountinfo"))
     # page cache is reclaimable: 100,000 - (70,000 - 30,000) bytes left
     assert found == [
         (60000, f"the cgroup memory limit {fs}/memory.max (100,000 bytes, 40,000 in use)")
@@ -286,7 +286,7 @@ def test_cgroup_v1_memory_controller_and_a_mount_of_a_subtree(tmp_path):
             ("/", tmp_path / "unified", "cgroup2", "rw"),  # no memory files there
         ),
     )
-    found = shm._cgroup_limits(str(tmp_path / "cgroup.txt"), str(tmp_path / "mountinfo"))
+    found = _platform._cgroup_limits(str(tmp_path / "cgroup.txt"), str(tmp_path / "mountinfo"))
     assert found == [
         (
             8108864,
@@ -302,13 +302,13 @@ def test_cgroup_v1_without_a_limit_and_without_cgroups(tmp_path):
     write(fs / "memory.usage_in_bytes", "60000000\n")
     write(tmp_path / "cgroup.txt", "4:memory:/\n")
     write(tmp_path / "mountinfo", mountinfo(("/", fs, "cgroup", "rw,memory")))
-    assert shm._cgroup_limits(str(tmp_path / "cgroup.txt"), str(tmp_path / "mountinfo")) == []
-    assert shm._cgroup_limits(str(tmp_path / "none"), str(tmp_path / "mountinfo")) == []
+    assert _platform._cgroup_limits(str(tmp_path / "cgroup.txt"), str(tmp_path / "mountinfo")) == []
+    assert _platform._cgroup_limits(str(tmp_path / "none"), str(tmp_path / "mountinfo")) == []
 
 
 def test_pool_that_exceeds_a_memory_limit_is_refused_naming_the_limit(monkeypatch):
     limit = "the cgroup memory limit /sys/fs/cgroup/job/memory.max (1,000,000 bytes, 0 in use)"
-    monkeypatch.setattr(shm, "_cgroup_limits", lambda: [(1_000_000, limit)])
+    monkeypatch.setattr(_platform, "_cgroup_limits", lambda: [(1_000_000, limit)])
     assert shm.available_memory() == (1_000_000, limit)
     for anonymous in (True, False):
         with pytest.raises(OSError, match="buffers") as info:

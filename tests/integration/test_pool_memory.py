@@ -21,7 +21,7 @@ LOADER = textwrap.dedent(
     """
     import errno, json, os, shutil, sys
     import numpy as np
-    from crumpets.core import BufferWorker, TurboDataLoader, broker, pack
+    from crumpets.core import BufferWorker, TurboDataLoader, _platform, pack
 
     class Fill(BufferWorker):
         def __init__(self):
@@ -56,7 +56,7 @@ LOADER = textwrap.dedent(
     report["dev_shm_during"] = sorted(report["dev_shm_during"])
     report["dev_shm_after"] = ours()
     if sys.argv[1:] == ["named"]:  # spawned workers need a named pool: /dev/shm must hold it
-        broker.START_METHOD = "spawn"
+        _platform.START_METHOD = "spawn"
         try:
             with TurboDataLoader(samples, 64, Fill(), 8):
                 report["named"] = "started"

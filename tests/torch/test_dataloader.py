@@ -25,7 +25,7 @@ def test_cpu_tensors_are_the_shared_buffers_without_copy():
     loader = TorchTurboDataLoader(SAMPLES, 8, GradientWorker(), 2, device="cpu")
     with loader:
         manager = loader.buffer_manager
-        lo, hi = manager._base, manager._base + manager.nbytes
+        lo, hi = manager.address, manager.address + manager.nbytes
         labels = []
         for _, (batch,) in loader:
             assert isinstance(batch["image"], torch.Tensor) and batch["image"].dtype == torch.uint8

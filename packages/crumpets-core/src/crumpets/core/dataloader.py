@@ -1,13 +1,16 @@
 """TurboDataLoader: parallel loading and processing of msgpack samples into batches.
 
-The loader sees the data as an endless stream of batches: pass ``p`` over the dataset
-(``p`` is the epoch used for shuffling and per-sample seeds) contributes
-``batches_per_pass`` batches, the last one partial unless ``drop_last``. A ``for`` loop
-over the loader yields the next ``epoch_iterations`` batches of that stream; leaving the
-loop early abandons the rest of that epoch, and the next loop starts the next one.
-A batch's samples depend only on (seed, pass, rank, position), never on the workers,
-which is what makes batches identical for any number of workers and lets
-:meth:`TurboDataLoader.state_dict` resume in the middle of an epoch.
+Which samples each batch holds is the loader's :class:`~crumpets.core.plan.EpochPlan`, a
+stream of batches pass after pass. A ``for`` loop over the loader yields the next
+``epoch_iterations`` batches of that stream; leaving the loop early abandons the rest of
+that epoch, and the next loop starts the next one. A batch's samples depend only on
+(seed, pass, rank, position), never on the workers, which is what makes batches
+identical for any number of workers and lets :meth:`TurboDataLoader.state_dict` resume
+in the middle of an epoch.
+
+Subclasses (crumpets-torch's loader) extend three documented hooks:
+:meth:`~TurboDataLoader.make_buffer_manager`, :meth:`~TurboDataLoader.deliver` and
+:meth:`~TurboDataLoader.release_transfers`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .broker import Pipeline, Worker, workers_are_forked
-from .dataset import Reader
+from .plan import EpochPlan
 from .shm import DummyBufferManager, SharedBufferManager
 
 __all__ = ["TurboDataLoader"]
@@ -51,17 +54,49 @@ def _distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int
     return (0 if rank is None else int(rank)), (1 if world_size is None else int(world_size))
 
 
-def _shutdown(pipeline: Pipeline, manager: Any, handler: Any) -> None:
+def _shutdown(pipeline: Pipeline, manager: Any) -> None:
     try:
         pipeline.stop()
     finally:
         manager.close()
-        if handler is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, handler)
+        _SIGTERM.leave()
+
+
+class _SigtermGuard:
+    """While any loader runs, SIGTERM unwinds like Ctrl-C (SystemExit), so each ``with
+    loader:`` stops its workers and frees its memory. Installed when the first loader
+    starts, the previous handler restored when the last one stops, whatever the order;
+    only from the main thread, and only over the default handler (never a user's)."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.previous: Any = None  # the handler to restore; None: not installed
+
+    def enter(self) -> None:
+        self.running += 1
+        if (
+            self.running == 1
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        ):
+            self.previous = signal.signal(signal.SIGTERM, _raise_exit)
+
+    def leave(self) -> None:
+        self.running -= 1
+        if (
+            self.running == 0
+            and self.previous is not None
+            and threading.current_thread() is threading.main_thread()
+        ):
+            if signal.getsignal(signal.SIGTERM) is _raise_exit:  # not replaced since
+                signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+
+
+_SIGTERM = _SigtermGuard()
 
 
 def _raise_exit(signum: int, frame: Any) -> None:
-    # SIGTERM unwinds like Ctrl-C, so `with loader:` stops workers and frees memory.
     # Once only: should something swallow the SystemExit, a second SIGTERM terminates.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise SystemExit(128 + signum)
@@ -186,10 +221,10 @@ class TurboDataLoader:
         self._epoch_end: int | None = None  # set while an epoch is in progress
         self._seq = 0  # requests sent so far
         self._iterator = None if self.random_access else iter(iterable)
-        # A dataset file is memory-mapped in every worker: send indices, not sample bytes.
-        self._workers_read = isinstance(iterable, Reader)
+        # A sequence that each worker can open itself (a dataset file, memory-mapped in
+        # every worker): send indices, not sample bytes.
+        self._workers_read = self.random_access and getattr(iterable, "read_in_workers", False)
         self._read_pos = 0  # items taken from a plain iterator
-        self._order: tuple[int, np.ndarray] | None = None
         self._generator: Any = None
         self._pipeline: Pipeline | None = None
         self._finalizer: Any = None
@@ -212,23 +247,21 @@ class TurboDataLoader:
         if self.random_access and length > len(self.iterable):
             raise ValueError(f"length={length} exceeds len(iterable)={len(self.iterable)}")
         self.length = length
-        if self.world_size == 1:
-            self.shard_length = length
-        elif self.drop_last:
-            self.shard_length = length // self.world_size
-        else:
-            self.shard_length = -(-length // self.world_size)
-        if self.drop_last:
-            self.batches_per_pass = self.shard_length // self.batch_size
-        else:
-            self.batches_per_pass = -(-self.shard_length // self.batch_size)
-        if self.batches_per_pass < 1:
-            raise ValueError(
-                f"length={length} gives no complete batch of batch_size={self.batch_size} "
-                f"per rank (world_size={self.world_size}) with drop_last=True"
-            )
-        self.epoch_iterations = self.batches_per_pass
-        self._order = None
+        self.plan = EpochPlan(
+            length,
+            self.batch_size,
+            self.seed,
+            self.shuffle,
+            self.drop_last,
+            self.rank,
+            self.world_size,
+        )
+        self.epoch_iterations = self.plan.batches_per_pass
+
+    @property
+    def batches_per_pass(self) -> int:
+        """Batches per pass over the data (of this rank): :attr:`plan`'s."""
+        return self.plan.batches_per_pass
 
     def set_epoch_iterations(self, iterations: int) -> None:
         """Set the number of batches per epoch; does not change length.
@@ -241,26 +274,9 @@ class TurboDataLoader:
     def __len__(self) -> int:
         return self.epoch_iterations
 
-    def _pass_order(self, p: int) -> np.ndarray:
-        """This rank's sample indices for pass ``p``."""
-        if self._order is not None and self._order[0] == p:
-            return self._order[1]
-        if self.shuffle:
-            order = np.random.default_rng((self.seed, p)).permutation(self.length)
-        else:
-            order = np.arange(self.length)
-        if self.world_size > 1:
-            total = self.shard_length * self.world_size
-            order = order[:total] if total <= self.length else np.resize(order, total)
-            order = order[self.rank :: self.world_size]
-        self._order = (p, order)
-        return order
-
     def batch_indices(self, b: int) -> tuple[int, np.ndarray]:
-        """(pass, sample indices) of batch ``b`` of the stream."""
-        p, j = divmod(b, self.batches_per_pass)
-        start = j * self.batch_size
-        return p, self._pass_order(p)[start : start + self.batch_size]
+        """(pass, sample indices) of batch ``b`` of the stream (see :attr:`plan`)."""
+        return self.plan.batch(b)
 
     def _items(self, p: int, indices: np.ndarray) -> list:
         if self._workers_read:
@@ -303,14 +319,8 @@ class TurboDataLoader:
             raise RuntimeError("loader is already started")
         specs = getattr(self.worker_template, "buffer_specs", {})
         shared = bool(self.num_buffers and specs)
-        manager = self._make_buffer_manager(shared, specs)
+        manager = self.make_buffer_manager(shared, specs)
         max_in_flight = self.num_buffers if shared else self.num_buffers or 2 * self.nworkers
-        handler = None
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-        ):
-            handler = signal.signal(signal.SIGTERM, _raise_exit)
         pipeline = Pipeline(
             self.worker_template,
             self.nworkers,
@@ -320,11 +330,25 @@ class TurboDataLoader:
             source=self.iterable if self._workers_read else None,
         )
         # Runs on stop(), on garbage collection or at interpreter exit, whichever is first.
-        self._finalizer = weakref.finalize(self, _shutdown, pipeline, manager, handler)
+        _SIGTERM.enter()
+        self._finalizer = weakref.finalize(self, _shutdown, pipeline, manager)
         pipeline.start()
         self._pipeline = pipeline
 
-    def _make_buffer_manager(self, shared: bool, specs: dict) -> Any:
+    # -- extension points (crumpets-torch's loader overrides them) ---------------------
+    def make_buffer_manager(self, shared: bool, specs: dict) -> Any:
+        """The memory batches are written into; called once, by :meth:`start`.
+
+        Args:
+            shared: True for a pool of ``num_buffers`` shared buffer sets, False for
+                batches sent inside messages.
+            specs: the worker's buffer specs (name -> ``(shape, dtype, fill)``).
+
+        Returns:
+            A :class:`~crumpets.core.shm.SharedBufferManager` or
+            :class:`~crumpets.core.shm.DummyBufferManager` (or a subclass: their
+            ``unpack`` decides what a batch's arrays are, e.g. torch tensors).
+        """
         if shared:
             # forked workers inherit an anonymous pool; spawned ones attach to a named one
             return SharedBufferManager(
@@ -332,12 +356,15 @@ class TurboDataLoader:
             )
         return DummyBufferManager(self.batch_size, specs)
 
-    def _deliver(self, mini_batches: list[dict]) -> list:
-        """Hand mini-batches to the user; subclasses convert them (e.g. to tensors)."""
+    def deliver(self, mini_batches: list[dict]) -> list:
+        """Hand a batch's mini-batches to the user; override to convert or move them
+        (e.g. to a GPU). Called once per batch, in order."""
         return mini_batches
 
-    def _release_transfers(self) -> bool:
-        """Free buffer sets held by transfers still in progress; True if any were."""
+    def release_transfers(self) -> bool:
+        """Wait for the oldest transfer :meth:`deliver` left running and free the buffer
+        set it holds; True if there was one. The loader calls it when every buffer set is
+        taken; override where deliveries are asynchronous."""
         return False
 
     def stop(self) -> None:
@@ -393,7 +420,7 @@ class TurboDataLoader:
                 while sent == b:  # the batch we need next has not been sent
                     if pipeline.in_flight:
                         pipeline.wait_any()
-                    elif self._release_transfers():
+                    elif self.release_transfers():
                         pass
                     elif pipeline.buffers_held():
                         raise RuntimeError(
@@ -409,7 +436,7 @@ class TurboDataLoader:
                 self._cursor = b + 1
                 iteration = self._iteration
                 self._iteration += 1
-                yield iteration, self._deliver(self._split(batch))
+                yield iteration, self.deliver(self._split(batch))
         finally:
             self._seq = seq0 + sent - start
             self._cursor = end
@@ -462,5 +489,8 @@ class TurboDataLoader:
         self._iteration = int(state["iteration"])
         self._cursor = int(state["cursor"])
         self._epoch_end = None if state["epoch_end"] is None else int(state["epoch_end"])
-        self.seed = int(state["seed"])
-        self._order = None
+        if int(state["seed"]) != self.seed:
+            self.seed = int(state["seed"])
+            epoch_iterations = self.epoch_iterations
+            self.set_length(self.length)  # the plan shuffles with the seed
+            self.epoch_iterations = epoch_iterations

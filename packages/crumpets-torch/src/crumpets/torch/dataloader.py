@@ -113,7 +113,7 @@ class TorchTurboDataLoader(TurboDataLoader):
         # (event, host tensors) of copies still running; their buffer sets stay held
         self._transfers: collections.deque = collections.deque()
 
-    def _make_buffer_manager(self, shared: bool, specs: dict) -> Any:
+    def make_buffer_manager(self, shared: bool, specs: dict) -> Any:
         if shared:
             return SharedTensorManager(
                 self.num_buffers,
@@ -144,7 +144,7 @@ class TorchTurboDataLoader(TurboDataLoader):
         self._transfers.append((event, mini))
         return moved
 
-    def _deliver(self, mini_batches: list[dict]) -> list:
+    def deliver(self, mini_batches: list[dict]) -> list:
         while self._transfers and self._transfers[0][0].query():
             self._transfers.popleft()  # copy done: release the host buffers
         out = []
@@ -157,7 +157,7 @@ class TorchTurboDataLoader(TurboDataLoader):
             out.append(mini)
         return out
 
-    def _release_transfers(self) -> bool:
+    def release_transfers(self) -> bool:
         if not self._transfers:
             return False
         event, _ = self._transfers.popleft()
@@ -172,6 +172,6 @@ class TorchTurboDataLoader(TurboDataLoader):
     def stop(self) -> None:
         try:
             while self._transfers:
-                self._release_transfers()
+                self.release_transfers()
         finally:
             super().stop()

@@ -20,7 +20,7 @@ import inspect
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ from crumpets.core.logging import print as tqdm_print
 from crumpets.torch.utils import ParallelApply
 
 from . import snapshot as snapshots
+from ._epoch import LazyValues, LossWatch, postfix, sum_dtype, summary
 from .metrics import NoopMetric
 from .policy import NoopPolicy, ReduceLROnPlateau
 
@@ -72,10 +73,6 @@ def _device_of(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _sum_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
-
-
 def _check_policy(name: str, policy: Any) -> None:
     """Refuse, before training starts, a policy that cannot take ``step(epoch, loss)``."""
     if isinstance(policy, torch.optim.lr_scheduler.ReduceLROnPlateau) and not isinstance(
@@ -94,66 +91,6 @@ def _check_policy(name: str, policy: Any) -> None:
             f"cannot take that ({exc}). crumpets.train.policy has the reference's policies; "
             "wrap other schedulers in a class with step(epoch=None, metrics=None)"
         ) from None
-
-
-class _LossWatch:
-    """An epoch's sum of batch losses and its first non-finite loss, kept on the device.
-
-    :meth:`add` reads nothing on the host; :meth:`read` reads everything at once.
-    """
-
-    def __init__(self) -> None:
-        self.total: torch.Tensor | None = None  # made on the device of the first loss
-        self.bad_iteration: torch.Tensor  # -1 until a loss is not finite
-        self.bad_loss: torch.Tensor
-
-    def add(self, losses: list[torch.Tensor], iteration: int) -> torch.Tensor:
-        """Adds a batch: the mean of its parts' ``losses``; returns that mean (0-dim)."""
-        if self.total is None:
-            device = losses[0].device
-            self.total = torch.zeros((), dtype=_sum_dtype(device), device=device)
-            self.bad_iteration = torch.full_like(self.total, -1.0)
-            self.bad_loss = torch.zeros_like(self.total)
-        loss = sum(part.to(self.total.dtype) / len(losses) for part in losses)
-        self.total += loss
-        first = ~torch.isfinite(loss) & (self.bad_iteration < 0)
-        self.bad_iteration = torch.where(first, float(iteration), self.bad_iteration)
-        self.bad_loss = torch.where(first, loss, self.bad_loss)
-        return loss
-
-    def read(self) -> tuple[float, int | None, float]:
-        """(loss sum, first iteration with a non-finite loss or None, that loss)."""
-        if self.total is None:
-            return 0.0, None, math.nan
-        total, iteration, loss = torch.stack(
-            [self.total, self.bad_iteration, self.bad_loss]
-        ).tolist()
-        return total, int(iteration) if iteration >= 0 else None, loss
-
-
-class _LazyValues(Mapping):
-    """``metric.value()``, computed when a hook first reads it (reading waits for the device)."""
-
-    def __init__(self, metric: Any) -> None:
-        self._metric = metric
-        self._values: dict | None = None
-
-    def _get(self) -> dict:
-        if self._values is None:
-            self._values = self._metric.value()
-        return self._values
-
-    def __getitem__(self, key: str) -> Any:
-        return self._get()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._get())
-
-    def __len__(self) -> int:
-        return len(self._get())
-
-    def __repr__(self) -> str:
-        return repr(self._get())
 
 
 class Trainer:
@@ -311,7 +248,7 @@ class Trainer:
             losses.append(loss.detach())
         return outputs, losses
 
-    def _read(self, watch: _LossWatch, phase: str) -> float:
+    def _read(self, watch: LossWatch, phase: str) -> float:
         """The epoch's loss sum so far, read on the host.
 
         Raises:
@@ -336,7 +273,7 @@ class Trainer:
         self.network.train(train)
         metric.reset()
         update = getattr(metric, "update", None)  # None: a duck-typed metric, called instead
-        watch = _LossWatch()  # sum of batch losses, over `batches`
+        watch = LossWatch()  # sum of batch losses, over `batches`
         loss_sum, read_at = 0.0, 0  # as of the last read, after `read_at` batches
         batches = samples = 0
         waited = computed = 0.0
@@ -365,7 +302,7 @@ class Trainer:
                         n = len(next(v for v in output.values() if isinstance(v, torch.Tensor)))
                         samples += n
                 if update is not None:
-                    values = _LazyValues(metric)
+                    values = LazyValues(metric)
                 batches += 1
                 self._fire(f"{phase}_forward", metric=values, loss=loss, output=outputs[-1])
                 if train:
@@ -383,7 +320,7 @@ class Trainer:
                 if batches % self.log_every == 0:
                     loss_sum, read_at = self._read(watch, phase), batches
                     if bar is not None:
-                        _postfix(bar, loss_sum / batches, waited, computed, values)
+                        postfix(bar, loss_sum / batches, waited, computed, values)
                 t_ready = time.perf_counter()
                 computed += t_ready - t_data
                 if bar is not None:
@@ -393,7 +330,7 @@ class Trainer:
         result = self._reduce(metric, loss_sum, batches, samples)
         if bar is not None:
             metrics = {k: v for k, v in result.items() if k != "loss"}
-            _postfix(bar, result["loss"], waited, computed, metrics)
+            postfix(bar, result["loss"], waited, computed, metrics)
             bar.close()
         elapsed = waited + computed
         result.update(
@@ -407,7 +344,7 @@ class Trainer:
         self._fire(f"{phase}_end")
         return result
 
-    def _mean_loss(self, watch: _LossWatch, batches: int, last: bool) -> torch.Tensor:
+    def _mean_loss(self, watch: LossWatch, batches: int, last: bool) -> torch.Tensor:
         """The epoch's mean batch loss so far, a 0-dim device tensor (nothing is read).
 
         At an epoch's last iteration under DistributedDataParallel it is the mean over all
@@ -426,7 +363,7 @@ class Trainer:
             # on the training device: NCCL reduces GPU tensors only
             device = _device_of(self.network)
             local = [loss_sum, batches, samples]
-            sums = _sum_over_ranks(torch.tensor(local, dtype=_sum_dtype(device), device=device))
+            sums = _sum_over_ranks(torch.tensor(local, dtype=sum_dtype(device), device=device))
             loss_sum, batches, samples = sums.tolist()
         loss = loss_sum / batches if batches else math.nan
         # plain values: the history goes into JSON logs and weights-only snapshots
@@ -470,7 +407,7 @@ class Trainer:
                 self.logger.info(**record["val"])
             self.state["history"].append(record)
             if not self.quiet:
-                tqdm_print(_summary(record))
+                tqdm_print(summary(record))
             if self.snapshot_interval and (epoch + 1) % self.snapshot_interval == 0:
                 self.snapshot(epoch)
         return self.state["history"]
@@ -511,26 +448,3 @@ class Trainer:
         self.state["history"] = list(snap.get("history", []))
         self.last_snapshot = os.fspath(path)
         return snap["epoch"] + 1
-
-
-def _postfix(bar: Any, loss: float, waited: float, computed: float, values: Mapping) -> None:
-    wait = waited / max(waited + computed, 1e-9)
-    bar.set_postfix(loss=f"{loss:.4f}", data_wait=f"{wait:.0%}", **_short(values), refresh=False)
-
-
-def _short(values: Mapping) -> dict:
-    return {k: f"{v:.4f}" for k, v in values.items() if isinstance(v, float) and math.isfinite(v)}
-
-
-def _summary(record: dict) -> str:
-    parts = [f"epoch {record['epoch']}"]
-    for phase in ("train", "val"):
-        if phase in record:
-            r = record[phase]
-            skip = ("loss", "data_wait", "samples_per_s", "epoch")
-            extra = " ".join(f"{k} {v}" for k, v in _short(r).items() if k not in skip)
-            parts.append(
-                f"{phase}: loss {r['loss']:.4f} {extra} ({r['samples_per_s']:,.0f} samples/s, "
-                f"{r['data_wait']:.0%} waiting for data)"
-            )
-    return " | ".join(parts)
