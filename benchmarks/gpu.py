@@ -143,21 +143,13 @@ def sync(device: torch.device) -> None:
 
 
 def median_seconds(
-    call: Callable[[], object],
-    device: torch.device,
-    warmup: int,
-    repeats: int,
-    setup: Callable[[], None] | None = None,
+    call: Callable[[], object], device: torch.device, warmup: int, repeats: int
 ) -> float:
-    """Median wall time of ``call()`` between synchronisations; ``setup`` runs untimed."""
+    """Median wall time of ``call()`` between synchronisations."""
     for _ in range(warmup):
-        if setup:
-            setup()
         call()
     times = []
     for _ in range(repeats):
-        if setup:
-            setup()
         sync(device)
         start = time.perf_counter()
         call()
@@ -294,14 +286,9 @@ def ops_rates(device: torch.device, sizes: Sizes, n: int) -> dict[str, float]:
             lambda op=op: op(images, augs), device, sizes.op_warmup, sizes.op_repeats
         )
         rates[name] = n / seconds
-    # randomize empties each sample's 'gpu_ops' list: every call gets fresh dicts, untimed
-    fresh: list[list[dict]] = []
+    # randomize leaves the given dicts as they are: every call does all the work
     seconds = median_seconds(
-        lambda: randomize(images, fresh[-1]),
-        device,
-        sizes.op_warmup,
-        sizes.op_repeats,
-        setup=lambda: fresh.append([dict(a) for a in augs]),
+        lambda: randomize(images, augs), device, sizes.op_warmup, sizes.op_repeats
     )
     rates["randomize"] = n / seconds
     return rates

@@ -80,7 +80,7 @@ def chain(kernels) -> Callable[[torch.Tensor, list[dict]], torch.Tensor]:
 
 
 def through_randomize(im: torch.Tensor, augs: list[dict]) -> torch.Tensor:
-    return randomize(im, [dict(a) for a in augs])  # it empties each 'gpu_ops'
+    return randomize(im, augs)[0]
 
 
 def ops_per_batch(fn: Callable, im: torch.Tensor, augs: list[dict]) -> int:

@@ -99,11 +99,15 @@ def test_randomizer_applies_listed_ops_once_and_forwards(device):
     ]
     seen = []
     net = Randomizer(lambda sample: seen.append(sample["image"].clone()) or sample)
-    out = net({"image": im.clone(), "augmentation": augs})
+    given = {"image": im.clone(), "augmentation": augs}
+    out = net(given)
     assert torch.equal(out["image"][1], im[1])  # its worker applied gamma already
     assert (out["image"][0].float().mean() > im[0].float().mean() + 20).item()
     assert torch.equal(seen[0], out["image"])
-    again = randomize(out["image"].clone(), augs)  # consumed: nothing applied twice
+    # new parameter dicts with nothing left to do; the caller's sample is as it was
+    assert [a["gpu_ops"] for a in out["augmentation"]] == [[], []]
+    assert augs[0]["gpu_ops"] == ["gamma"] and torch.equal(given["image"], im)
+    again, _ = randomize(out["image"].clone(), out["augmentation"])  # nothing applied twice
     assert torch.equal(again, out["image"])
 
 
@@ -156,7 +160,7 @@ def test_ops_per_batch_do_not_grow_with_the_batch():
             return add_noise_rgb(add_blur(add_gamma(im, augs), augs), augs)
 
         chained = top_level_ops(chain)
-        randomized = top_level_ops(lambda im=im, augs=augs: randomize(im, [dict(a) for a in augs]))
+        randomized = top_level_ops(lambda im=im, augs=augs: randomize(im, augs))
         counts[n] = len(chained), len(randomized)
     assert counts[2] == counts[16], counts
     assert max(counts[16]) <= 60, counts
@@ -173,7 +177,7 @@ def test_samples_with_the_operation_off_are_untouched(device, op):
         "gamma": lambda: add_gamma(im, augs),
         "blur": lambda: add_blur(im, augs),
         "noise": lambda: add_noise_rgb(im, augs),
-        "all": lambda: randomize(im, augs),
+        "all": lambda: randomize(im, augs)[0],
     }[op]()
     for i in range(6):
         same = torch.equal(out[i], im[i])

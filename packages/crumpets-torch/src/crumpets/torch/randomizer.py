@@ -16,12 +16,16 @@ __all__ = ["GPU_OPS", "Randomizer", "randomize", "randomize_sample"]
 GPU_OPS = tuple(PIXEL_OPS)
 
 
-def randomize(image: torch.Tensor, augs: list[dict]) -> torch.Tensor:
+def randomize(image: torch.Tensor, augs: list[dict]) -> tuple[torch.Tensor, list[dict]]:
     """Apply the pixel operations each sample's parameters leave to the GPU.
 
-    A sample's ``'gpu_ops'`` lists them (all of :data:`GPU_OPS` if absent); it is emptied
-    afterwards, so applying twice changes nothing. The whole batch goes through each
-    operation at once (see :func:`crumpets.torch.augmentation_cuda.apply_pixel_ops`).
+    A sample's ``'gpu_ops'`` lists them (all of :data:`GPU_OPS` if absent). The whole
+    batch goes through each operation at once (see
+    :func:`crumpets.torch.augmentation_cuda.apply_pixel_ops`).
+
+    Returns:
+        The new images, and new parameter dicts whose ``'gpu_ops'`` are empty (``augs``
+        is left as it was), so applying the result again changes nothing.
 
     Raises:
         KeyError: a sample lacks a parameter an operation needs (names both).
@@ -31,9 +35,7 @@ def randomize(image: torch.Tensor, augs: list[dict]) -> torch.Tensor:
         raise ValueError(f"{len(augs)} augmentation dicts for a batch of {len(image)} images")
     wanted = {op: [op in aug.get("gpu_ops", GPU_OPS) for aug in augs] for op in GPU_OPS}
     image = apply_pixel_ops(image, augs, wanted)  # sensor-like noise, as the CPU workers add
-    for aug in augs:
-        aug["gpu_ops"] = []
-    return image
+    return image, [{**aug, "gpu_ops": []} for aug in augs]
 
 
 def randomize_sample(sample: dict) -> dict:
@@ -42,12 +44,15 @@ def randomize_sample(sample: dict) -> dict:
     (:data:`crumpets.core.params.AUGMENTED_IMAGES`), where the sample has both.
 
     A segmentation worker's label map lists no operation, so it is left alone.
-    Returns the sample, changed in place.
+
+    Returns:
+        A new sample dict with the new images and parameter lists (the rest shared).
     """
+    out = dict(sample)
     for key, params in AUGMENTED_IMAGES.items():
         if key in sample and params in sample:
-            sample[key] = randomize(sample[key], sample[params])
-    return sample
+            out[key], out[params] = randomize(sample[key], sample[params])
+    return out
 
 
 class Randomizer(torch.nn.Module):
@@ -71,5 +76,5 @@ class Randomizer(torch.nn.Module):
                 raise KeyError(
                     f"the Randomizer needs sample[{key!r}]; the sample has {sorted(sample)}"
                 )
-        sample = randomize_sample(sample)
+        sample = randomize_sample(sample)  # a new dict: the caller's is left as it was
         return sample if self.net is None else self.net(sample, *args, **kwargs)
