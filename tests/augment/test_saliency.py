@@ -11,7 +11,12 @@ from _photos import encode, photo
 
 from crumpets.augment import SaliencyWorker
 from crumpets.augment.presets import MixtureRNG
-from crumpets.augment.workers.saliency import check_range, discretize_points, interpolate_points
+from crumpets.augment.workers.saliency import (
+    check_range,
+    discretize_points,
+    interpolate_points,
+    saliency_map,
+)
 from crumpets.core import TurboDataLoader, pack
 from crumpets.core.plugins import load_entry_point
 
@@ -178,6 +183,28 @@ def test_same_seed_same_maps_for_any_worker_count():
         np.testing.assert_array_equal(a, b)
         assert aug_a == aug_b
     assert any(not np.array_equal(a, c) for (a, _), (c, _) in zip(one, other))
+
+
+def test_each_map_replays_from_its_recorded_parameters():
+    # randomness never mixed with the map: the draws (experiment subset, jitter) are
+    # recorded, and the map is a function of them
+    rng = MixtureRNG(rotation_sigma=20, scale_range=(0.9, 1.3), hmirror=0.5)
+    params = {"sample_ratio": 0.5, "jitter": 0.02, "blur": 0.01, "maxnorm": True}
+    experiments = [{"fixations": [[10 + 12 * i, 20 + 8 * i]]} for i in range(10)]
+    experiments.insert(3, {"fixations": []})  # no points: never counted or chosen
+    worker = SaliencyWorker(IMAGE, ((1, 60, 80), np.float32), target_image_params=params)
+    worker.image_rng = rng
+    points = [np.asarray(e["fixations"], np.float64).reshape(-1, 2) for e in experiments]
+    chosen = set()
+    for batch in run(worker, [sample(experiments)] * 8):
+        for target, aug, drawn in zip(
+            batch["target_image"], batch["augmentation"], batch["target_augmentation"]
+        ):
+            assert len(drawn["experiments"]) == 5 and 3 not in drawn["experiments"]
+            chosen.add(tuple(drawn["experiments"]))
+            m = worker._target_matrix(aug["transform"], 60, 80)
+            np.testing.assert_array_equal(saliency_map(points, m, (60, 80), drawn), target[0])
+    assert len(chosen) > 1  # drawn per sample
 
 
 @pytest.mark.parametrize(

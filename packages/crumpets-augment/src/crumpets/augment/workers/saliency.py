@@ -23,6 +23,7 @@ __all__ = [
     "check_target_params",
     "discretize_points",
     "interpolate_points",
+    "saliency_map",
 ]
 
 TARGET_PARAMS = {
@@ -145,7 +146,9 @@ class SaliencyWorker(ImageWorker):
     "fixations", or, if that is absent or empty, under "locations" (raw gaze data).
     The points follow the image's geometry exactly (``augmentation['transform']``, scaled
     to the target's size); points that leave the target are dropped, and a sample with
-    none left gets an all-zero map.
+    none left gets an all-zero map. What the map was made with, the random draws
+    included, goes to ``batch['target_augmentation']``: :func:`saliency_map` makes it
+    again from those parameters.
 
     Args:
         image: image buffer spec ``((C, H, W), dtype[, fill_value])``.
@@ -203,26 +206,58 @@ class SaliencyWorker(ImageWorker):
         target = buffers["target_image"]
         h, w = target.shape[-2:]
         experiments = [_experiment_points(e) for e in _field(sample, "experiments")]
-        experiments = [e for e in experiments if len(e)]
-        ratio = params["sample_ratio"]
-        if experiments and ratio < 1:
+        # the draws, recorded with the map's parameters so that it can be replayed
+        drawn = {**params, "experiments": None, "jitter_seed": None, "gpu_ops": []}
+        with_points = [i for i, e in enumerate(experiments) if len(e)]
+        if with_points and params["sample_ratio"] < 1:
             # round, not ceil: 25 * 0.28 is 7.000000000000001
-            n = max(1, round(len(experiments) * ratio))
-            chosen = np.sort(self.rng.choice(len(experiments), n, replace=False))
-            experiments = [experiments[i] for i in chosen]
-        points = np.concatenate(experiments) if experiments else np.zeros((0, 2))
-        m = self._target_matrix(batch["augmentation"][-1]["transform"], h, w)
-        points = points @ m[:, :2].T + m[:, 2]
+            n = max(1, round(len(with_points) * params["sample_ratio"]))
+            chosen = np.sort(self.rng.choice(len(with_points), n, replace=False))
+            drawn["experiments"] = [with_points[i] for i in chosen.tolist()]
         if params["jitter"]:
-            points += self.rng.normal(0.0, params["jitter"] * w, points.shape)
-        if params["interpolate"]:
-            saliency = interpolate_points(points, h, w)
-        else:
-            saliency = discretize_points(points, h, w)
-        if params["blur"]:
-            saliency = cv2.GaussianBlur(saliency, (0, 0), params["blur"] * w)
-        if params["maxnorm"]:
-            peak = saliency.max()
-            if peak > 0:  # an empty map stays zero
-                saliency /= peak
-        target[...] = saliency.reshape(target.shape)
+            drawn["jitter_seed"] = int(self.rng.integers(2**31))
+        m = self._target_matrix(batch["augmentation"][-1]["transform"], h, w)
+        target[...] = saliency_map(experiments, m, (h, w), drawn).reshape(target.shape)
+        batch["target_augmentation"].append(drawn)
+
+
+def saliency_map(
+    experiments: list[np.ndarray], matrix: np.ndarray, size: tuple[int, int], params: dict
+) -> np.ndarray:
+    """The saliency map of a sample: a pure function of its gaze points and parameters.
+
+    Args:
+        experiments: each experiment's gaze points (N x 2, source image pixels).
+        matrix: 2x3 matrix from source pixels to map pixels.
+        size: (height, width) of the map.
+        params: ``target_image_params`` and the sample's draws, as a
+            :class:`SaliencyWorker` records them in ``batch['target_augmentation']``:
+            ``experiments`` (indices of the experiments used; None: all) and
+            ``jitter_seed`` (seed of the points' jitter; None: none).
+
+    Returns:
+        A float32 (height, width) map.
+    """
+    h, w = size
+    used = (
+        experiments
+        if params["experiments"] is None
+        else [experiments[i] for i in params["experiments"]]
+    )
+    used = [e for e in used if len(e)]
+    points = np.concatenate(used) if used else np.zeros((0, 2))
+    points = points @ matrix[:, :2].T + matrix[:, 2]
+    if params["jitter"] and params["jitter_seed"] is not None:
+        jitter = np.random.default_rng(params["jitter_seed"])
+        points += jitter.normal(0.0, params["jitter"] * w, points.shape)
+    if params["interpolate"]:
+        saliency = interpolate_points(points, h, w)
+    else:
+        saliency = discretize_points(points, h, w)
+    if params["blur"]:
+        saliency = cv2.GaussianBlur(saliency, (0, 0), params["blur"] * w)
+    if params["maxnorm"]:
+        peak = saliency.max()
+        if peak > 0:  # an empty map stays zero
+            saliency /= peak
+    return saliency
