@@ -10,7 +10,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests"]
 
 # The CPU build of torch is installed from the machine's local wheel; an unpinned
 # torch would pull gigabytes of CUDA packages.
@@ -90,6 +90,16 @@ def lint(session: nox.Session) -> None:
     session.install("ruff==0.17.6")  # pinned: a new release must not turn CI red
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy on the four packages, with the settings in the root pyproject.toml."""
+    names = ["core", "augment", "torch", "train"]
+    install_local(session, names, "mypy==2.4.1")  # pinned: a new release must not turn CI red
+    install_demo(session)  # so that demo.py's imports (matplotlib) are checked too
+    packages = [arg for name in names for arg in ("-p", f"crumpets.{name}")]
+    session.run("mypy", *packages, *session.posargs)
 
 
 @nox.session

@@ -89,7 +89,9 @@ class Dispatcher:
                 worker = copy.copy(self.worker_template)
                 if self.gpu_augmentation is not None:
                     worker.set_gpu_augmentation(self.gpu_augmentation)
-                proc = context.Process(
+                # typeshed's get_context(str) returns BaseContext, which lacks Process;
+                # every real context (fork, spawn, forkserver) has it
+                proc = context.Process(  # type: ignore[attr-defined]
                     target=run_worker,
                     args=(worker, i, self.work_address, self.result_address, self.source),
                     name=f"crumpets-worker-{i}",
@@ -250,6 +252,7 @@ class Pipeline:
                 self._open_sockets(work, result, bind_random=False)
             else:
                 self._open_sockets("tcp://127.0.0.1", "tcp://127.0.0.1", bind_random=True)
+                assert self.producer is not None and self.consumer is not None
                 self.dispatcher = Dispatcher(
                     template,
                     self.nworkers,
@@ -280,6 +283,7 @@ class Pipeline:
     def _wait_ready(self) -> None:
         # Requests go out only once every worker is connected, so the first ones are
         # spread over all workers instead of queueing at the first to connect.
+        assert self.dispatcher is not None and self.consumer is not None  # start() made them
         ready = 0
         for fd in self.dispatcher.sentinels:
             self._poller.register(fd, zmq.POLLIN)
@@ -295,6 +299,7 @@ class Pipeline:
         start = time.monotonic()
         while not self._poll(min(self.poll_interval, self.stall_timeout or math.inf)):
             if self.stall_timeout is not None and time.monotonic() - start > self.stall_timeout:
+                assert self.dispatcher is not None  # _poll has just used it
                 self.dispatcher.dump_stacks()
                 raise TimeoutError(
                     f"no {what} from the workers for {self.stall_timeout:g} s; their Python "
@@ -303,7 +308,8 @@ class Pipeline:
 
     def _poll(self, timeout: float) -> bool:
         """Wait for a result; raise if a worker died. True if a message is waiting."""
-        events = dict(self._poller.poll(timeout * 1000))
+        assert self.dispatcher is not None and self.consumer is not None  # start() made them
+        events = dict(self._poller.poll(int(timeout * 1000)))  # int(): what pyzmq does with it
         if self.consumer.socket in events:
             return True
         self.dispatcher.check()  # a worker's sentinel fired, or the interval passed
@@ -318,6 +324,7 @@ class Pipeline:
 
     def submit(self, seq: int, seed: int, epoch: int, indices: list[int], items: list) -> None:
         """Send one request; call only when :meth:`can_submit` is True."""
+        assert self.producer is not None  # start() made it
         slot = self.buffer_manager.acquire()
         request = Request(seq, slot, seed, epoch, indices, items)
         try:
@@ -329,11 +336,12 @@ class Pipeline:
         self.in_flight[seq] = slot
 
     def _poll_send(self) -> None:
+        assert self.dispatcher is not None and self.producer is not None  # start() made them
         poller = zmq.Poller()
         poller.register(self.producer.socket, zmq.POLLOUT)
         for fd in self.dispatcher.sentinels:
             poller.register(fd, zmq.POLLIN)
-        poller.poll(self.poll_interval * 1000)
+        poller.poll(int(self.poll_interval * 1000))
         self.dispatcher.check()
 
     def discard_before(self, seq: int) -> None:
@@ -344,6 +352,7 @@ class Pipeline:
             self._release(slot)
 
     def _receive(self) -> None:
+        assert self.consumer is not None  # start() made it
         header, payload = self.consumer.retrieve()
         if "ready" in header:
             return

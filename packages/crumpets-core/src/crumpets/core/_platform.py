@@ -311,8 +311,8 @@ class _MemoryFile:
     def __init__(self, fd: int, size: int):
         self.fd = fd
         self.size = size
-        self._mmap = mmap.mmap(fd, size)
-        self.buf = memoryview(self._mmap)
+        self._mmap: mmap.mmap | None = mmap.mmap(fd, size)
+        self.buf: memoryview | None = memoryview(self._mmap)  # None once closed
 
     @classmethod
     def attach(cls, pid: int, fd: int, size: int, ident: tuple[int, int]) -> _MemoryFile:
@@ -345,7 +345,7 @@ class _MemoryFile:
 
     def close(self) -> None:
         buf, mapping, self.buf, self._mmap = self.buf, self._mmap, None, None
-        if buf is not None:
+        if buf is not None and mapping is not None:  # both set or both None
             try:
                 buf.release()
                 mapping.close()

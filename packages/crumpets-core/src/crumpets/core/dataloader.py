@@ -20,7 +20,7 @@ import signal
 import threading
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -208,7 +208,8 @@ class TurboDataLoader:
                 f"Reader), got {type(iterable).__name__}"
             )
         if seed is None:
-            seed = int(np.random.SeedSequence().entropy) % 2**63
+            # a SeedSequence made without entropy draws one int
+            seed = int(cast(int, np.random.SeedSequence().entropy)) % 2**63
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
         self.seed = int(seed)
@@ -302,6 +303,7 @@ class TurboDataLoader:
         return items
 
     def _next_item(self, p: int) -> Any:
+        assert self._iterator is not None  # a plain iterator, not random access
         try:
             item = next(self._iterator)
         except StopIteration:
@@ -409,6 +411,7 @@ class TurboDataLoader:
 
     def _epoch(self, start: int, end: int):
         pipeline = self._pipeline
+        assert pipeline is not None  # __iter__ checked that the loader is started
         pipeline.discard_before(self._seq)  # results still coming belong to an old epoch
         seq0 = self._seq
         sent = start

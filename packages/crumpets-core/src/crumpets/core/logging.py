@@ -140,7 +140,7 @@ class JSONLogger(logging.Logger):
         """
         self._write(logging.CRITICAL, kwargs)
 
-    fatal = critical
+    fatal = critical  # type: ignore[assignment]  # keyword fields, like critical above
 
     def log(self, level: int, **kwargs: Any) -> None:  # type: ignore[override]
         """Write the keyword fields with the integer severity ``level``.

@@ -24,7 +24,7 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 __all__ = [
     "AUGMENTED_IMAGES",
@@ -188,7 +188,8 @@ def _real(p: Param, value: Any) -> None:
         raise _bad(p.name, "a number", value)
     if not math.isfinite(value):
         raise _bad(p.name, "a finite number", value)
-    if not p.contains(value, value):
+    number = cast(float, value)  # any numbers.Real compares like a float
+    if not p.contains(number, number):
         raise _bad(p.name, f"in {p.bounds()}", value)
 
 

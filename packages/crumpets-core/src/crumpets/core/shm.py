@@ -64,7 +64,7 @@ def _pack_array(arr: np.ndarray) -> msgpack.ExtType:
         raise TypeError(f"cannot pack an array of dtype {arr.dtype}; use a numeric dtype")
     if not arr.flags.c_contiguous:
         arr = arr.copy(order="C")  # not ascontiguousarray: it turns 0-d arrays into 1-d
-    raw = memoryview(arr.reshape(-1).view(np.uint8))
+    raw = arr.reshape(-1).view(np.uint8).data  # a memoryview of the bytes, not a copy
     return msgpack.ExtType(EXT_NDARRAY, msgpack.packb([arr.dtype.str, arr.shape, raw]))
 
 
@@ -279,6 +279,7 @@ class SharedBufferManager(_BufferManagerBase):
         self._free: collections.deque[int] = collections.deque(range(self.num_buffers))
 
     def _map(self) -> None:
+        assert self._shm.buf is not None, "the pool is closed"
         self._master = np.frombuffer(self._shm.buf, dtype=np.uint8, count=self.nbytes)
         self._base = self._master.__array_interface__["data"][0]
 

@@ -156,11 +156,14 @@ def _gather(
     for i, aug in enumerate(augs):
         row = list(_NEUTRAL)
         if gamma is not None and gamma[i]:
-            _gamma_row(row, *_values(aug, "gamma", i), c)
+            gray, color, k = _values(aug, "gamma", i)
+            _gamma_row(row, gray, color, k, c)
         if noise is not None and noise[i]:
-            _noise_row(row, *_values(aug, "noise", i), green, c, size, top)
+            strength, seed = _values(aug, "noise", i)
+            _noise_row(row, strength, seed, green, c, size, top)
         if blur is not None and blur[i]:
-            _blur_row(row, *_values(aug, "blur", i), w, limit)
+            (amount,) = _values(aug, "blur", i)
+            _blur_row(row, amount, w, limit)
         rows.append(row)
     host = np.array(rows, np.float64).reshape(n, _TAPS)
     radius = int(host[:, 10].max(initial=0))

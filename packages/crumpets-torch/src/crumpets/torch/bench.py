@@ -44,7 +44,7 @@ def synthetic_set(
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     samples = []
     for i in range(n):
-        im = np.empty((height, width, 3), np.float32)
+        im: np.ndarray = np.empty((height, width, 3), np.float32)
         for c in range(3):
             fx, fy, phase = rng.uniform(0.002, 0.03, 2).tolist() + [rng.uniform(0, 6.3)]
             im[:, :, c] = 127 + 100 * np.sin(xx * fx + yy * fy + phase)
@@ -60,7 +60,9 @@ def synthetic_set(
         if target == "image":
             sample["target_image"] = jpg.tobytes()
         elif target == "labels":
-            classes = cv2.cvtColor(cv2.imdecode(jpg, 1), cv2.COLOR_BGR2GRAY) // 32
+            decoded = cv2.imdecode(jpg, 1)
+            assert decoded is not None  # the JPEG made above
+            classes = cv2.cvtColor(decoded, cv2.COLOR_BGR2GRAY) // 32
             sample["target_image"] = cv2.imencode(".png", classes)[1].tobytes()
         samples.append(pack(sample))
     return samples
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data:
         from crumpets.core.dataset import Reader
 
-        data = Reader(args.data)
+        data: Reader | list[bytes] = Reader(args.data)
     else:
         target = {"fcn": "image", "segmentation": "labels"}.get(args.worker)
         data = synthetic_set(args.samples, target=target)

@@ -42,6 +42,10 @@ class Normalize(torch.nn.Module):
         std: one value per channel.
     """
 
+    # buffers, registered in __init__ (Module.__getattr__ alone types them as Tensor | Module)
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         if len(mean) != len(std):

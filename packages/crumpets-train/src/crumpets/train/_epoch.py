@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -35,7 +35,8 @@ class LossWatch:
             self.total = torch.zeros((), dtype=sum_dtype(device), device=device)
             self.bad_iteration = torch.full_like(self.total, -1.0)
             self.bad_loss = torch.zeros_like(self.total)
-        loss = sum(part.to(self.total.dtype) / len(losses) for part in losses)
+        # a tensor, not sum()'s start value 0: losses is never empty
+        loss = cast(torch.Tensor, sum(part.to(self.total.dtype) / len(losses) for part in losses))
         self.total += loss
         first = ~torch.isfinite(loss) & (self.bad_iteration < 0)
         self.bad_iteration = torch.where(first, float(iteration), self.bad_iteration)

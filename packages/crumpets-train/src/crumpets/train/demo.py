@@ -167,8 +167,8 @@ def run(out: str, epochs: int = 12, nworkers: int = 2, seed: int = 0, quiet: boo
     # the guide's augmentations, then 10 draws of the augmentation this demo trains with
     png = cv2.imencode(".png", digit)[1].tobytes()
     grid = preview_grid(png, size=96, preset=rng, draws=10)
-    files["preview"] = os.path.join(out, "preview.png")
-    cv2.imwrite(files["preview"], cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    files["preview"] = preview = os.path.join(out, "preview.png")
+    cv2.imwrite(preview, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     result = {
         "val_accuracy": history[-1]["val"]["top1_accuracy"],
         "history": history,

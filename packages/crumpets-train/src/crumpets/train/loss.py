@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.loss import _Loss
 
 from ._sample import class_targets, get, nss_per_image
 
@@ -57,7 +58,8 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         self.output_key = output_key
         self.target_key = target_key
 
-    def forward(self, sample: dict) -> torch.Tensor:
+    # takes the sample dict instead of torch's (input, target): the point of this class
+    def forward(self, sample: dict) -> torch.Tensor:  # type: ignore[override]
         output = get(sample, self.output_key, self)
         target = class_targets(output, get(sample, self.target_key, self))
         return super().forward(output, target)
@@ -87,7 +89,8 @@ class NLLLoss(torch.nn.NLLLoss):
         self.output_key = output_key
         self.target_key = target_key
 
-    def forward(self, sample: dict) -> torch.Tensor:
+    # takes the sample dict instead of torch's (input, target): the point of this class
+    def forward(self, sample: dict) -> torch.Tensor:  # type: ignore[override]
         output = get(sample, self.output_key, self)
         target = class_targets(output, get(sample, self.target_key, self))
         return super().forward(output, target)
@@ -98,9 +101,14 @@ def _like_output(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return target if target.dtype == output.dtype else target.to(output.dtype)
 
 
-class _PairLoss:
+class _PairLoss(_Loss):
     """forward(sample): the torch loss between ``sample[output_key]`` and
-    ``sample[target_key]`` (converted to the output's dtype)."""
+    ``sample[target_key]`` (converted to the output's dtype).
+
+    Mixed in before a torch loss (``class L1Loss(_PairLoss, torch.nn.L1Loss)``), whose
+    ``__init__`` and ``forward`` the ``super()`` calls reach; its base ``_Loss`` is the one
+    every torch loss shares, so the MRO stays the same.
+    """
 
     def __init__(
         self,
@@ -118,7 +126,8 @@ class _PairLoss:
         return super().forward(output, _like_output(output, target))
 
 
-class L1Loss(_PairLoss, torch.nn.L1Loss):
+# forward(sample) replaces torch's forward(input, target) on purpose (see _PairLoss)
+class L1Loss(_PairLoss, torch.nn.L1Loss):  # type: ignore[misc]
     """:class:`torch.nn.L1Loss` between ``sample[output_key]`` and ``sample[target_key]``
     (converted to the output's dtype).
 
@@ -129,7 +138,8 @@ class L1Loss(_PairLoss, torch.nn.L1Loss):
     """
 
 
-class MSELoss(_PairLoss, torch.nn.MSELoss):
+# forward(sample) replaces torch's forward(input, target) on purpose (see _PairLoss)
+class MSELoss(_PairLoss, torch.nn.MSELoss):  # type: ignore[misc]
     """:class:`torch.nn.MSELoss` between ``sample[output_key]`` and ``sample[target_key]``
     (converted to the output's dtype).
 

@@ -189,6 +189,10 @@ class AccuracyMetric(Metric):
         ValueError: if top_k < 1.
     """
 
+    # running sums, made by _add_state
+    correct: torch.Tensor
+    count: torch.Tensor
+
     def __init__(
         self,
         top_k: int = 1,
@@ -229,6 +233,10 @@ class AverageMetric(Metric):
         metric_key: key of the mean in the returned dict.
     """
 
+    # running sums, made by _add_state
+    total: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, output_key: str = "output", metric_key: str = "average_metric"):
         super().__init__(output_key, metric_key=metric_key)
         self._add_state("total")
@@ -247,6 +255,10 @@ class AverageValue(_RunningState):
 
     Like the metrics it has ``state_names``, ``reset()`` and ``all_reduce(fn)``.
     """
+
+    # running sums, made by _add_state
+    total: torch.Tensor
+    count: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -324,6 +336,10 @@ class ConfusionMatrix(Metric):
     (calling the metric does both, so it raises at once).
     """
 
+    # running sums, made by _add_state
+    matrix: torch.Tensor
+    out_of_range: torch.Tensor
+
     def __init__(
         self,
         nclasses: int = 10,
@@ -391,6 +407,10 @@ class MSELossMetric(Metric):
         metric_key: key of the value in the returned dict.
     """
 
+    # running sums, made by _add_state
+    total: torch.Tensor
+    count: torch.Tensor
+
     def __init__(
         self, output_key: str = "output", target_key: str = "target_image", metric_key: str = "mse"
     ):
@@ -426,6 +446,10 @@ class NSSMetric(Metric):
         target_key: key of the gaze maps, same number of values per image.
         metric_key: key of the value in the returned dict.
     """
+
+    # running sums, made by _add_state
+    total: torch.Tensor
+    count: torch.Tensor
 
     def __init__(
         self, output_key: str = "output", target_key: str = "target_image", metric_key: str = "nss"

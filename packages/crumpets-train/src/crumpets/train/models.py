@@ -140,6 +140,8 @@ class Bottleneck(nn.Module):
 class _SampleNet(nn.Module):
     """Reads the image from a sample dict, writes the logits back."""
 
+    fc: nn.Linear  # the last layer, made by the subclass
+
     def __init__(self, input_key: str, output_key: str):
         super().__init__()
         self.input_key = input_key

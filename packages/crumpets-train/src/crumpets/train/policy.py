@@ -74,7 +74,7 @@ class _EpochPolicy(LRScheduler):
     def get_lr(self) -> list[float]:  # type: ignore[override]
         return [self._lr(base_lr, self.last_epoch) for base_lr in self.base_lrs]  # type: ignore[arg-type]
 
-    def step(self, epoch: float | None = None, metrics: Any = None) -> None:  # type: ignore[override]
+    def step(self, epoch: float | None = None, metrics: Any = None) -> None:
         """Set the lrs to those of ``epoch`` (a float), or of ``last_epoch + 1`` if None.
 
         Args:

@@ -400,7 +400,7 @@ class Trainer:
         for epoch in range(start_epoch, num_epochs):
             self.state["epoch"] = epoch
             self.print_info(epoch)
-            record = {"epoch": epoch, "train": self.train_epoch()}
+            record: dict[str, Any] = {"epoch": epoch, "train": self.train_epoch()}
             self.logger.info(**record["train"])
             if self.val_iter is not None:
                 record["val"] = self.validate_epoch(epoch)

@@ -202,6 +202,7 @@ class SaliencyWorker(ImageWorker):
 
     def prepare(self, sample: dict, batch: dict, buffers: dict) -> None:
         super().prepare(sample, batch, buffers)
+        assert self.rng is not None  # process() made this sample's generator
         params = self.params["target_image"]
         target = buffers["target_image"]
         h, w = target.shape[-2:]
