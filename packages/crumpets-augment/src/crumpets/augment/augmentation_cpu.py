@@ -170,23 +170,43 @@ def gamma_lut(
         ValueError: if a gamma is not a finite number > 0, ``contrast`` is outside [-1, 1], or
             ``gamma_color`` is used and does not have ``channels`` entries.
     """
-    gamma = [1.0] * channels
+    rows = _gamma_rows(color, gamma_gray, gamma_color, contrast, channels)
+    if len(rows) < channels:  # one row serves every channel
+        rows = np.repeat(rows, channels, axis=0)
+    return rows.T
+
+
+def _gamma_rows(
+    color: bool,
+    gamma_gray: float | None,
+    gamma_color: Sequence[float] | None,
+    contrast: float | None,
+    channels: int,
+) -> np.ndarray:
+    """:func:`gamma_lut`'s table as rows of 256 (channels, 256), or one row when every
+    channel has the same gamma (no ``gamma_color``): the same values, a third of the work."""
     if gamma_gray is not None:
-        gamma = [_check_gamma("gamma_gray", gamma_gray)] * channels
+        g = _check_gamma("gamma_gray", gamma_gray)
+    else:
+        g = 1.0
     if color and gamma_color is not None:
         if len(gamma_color) != channels:
             raise ValueError(
                 f"gamma_color must have one value per channel ({channels}), got {len(gamma_color)}"
             )
-        gamma = [g * _check_gamma("gamma_color", c) for g, c in zip(gamma, gamma_color)]
+        gamma = [g * _check_gamma("gamma_color", c) for c in gamma_color]
+    else:
+        gamma = [g]
     k = 0.0 if contrast is None else float(contrast)
     if not -1.0 <= k <= 1.0:  # also rejects NaN
         raise ValueError(f"contrast must be in [-1, 1], got {contrast}")
-    # One row per channel (what the per-plane lookup wants), returned transposed.
     # x ** g as exp(g * log x): a quarter of the cost of pow, the same to ~1e-13.
     # In place wherever it can be: on 256 values per row, each numpy call costs more
     # than its arithmetic.
-    y = np.multiply.outer(gamma, _LOG_X)
+    if len(gamma) == 1:
+        y = (_LOG_X * gamma[0])[None]
+    else:
+        y = np.array(gamma)[:, None] * _LOG_X
     np.exp(y, out=y)
     if k > 0:
         s = np.cos(np.pi * y)
@@ -200,7 +220,7 @@ def gamma_lut(
         y *= 1.0 + k
         y += 0.5
     y *= 255.0
-    return y.T
+    return y
 
 
 def add_gamma(
@@ -245,9 +265,26 @@ def gamma_table(
     channels: int,
 ) -> np.ndarray:
     """The rounded lookup table of :func:`gamma_lut`: uint8, one row of 256 per channel."""
-    rows = gamma_lut(color, gamma_gray, gamma_color, contrast, channels).T  # contiguous
-    # y is in [0, 1] for every formula above, so rounding needs no clipping
+    rows = _gamma_rows(color, gamma_gray, gamma_color, contrast, channels)
+    if len(rows) < channels:  # one row serves every channel
+        rows = np.repeat(rows, channels, axis=0)
+    return _round(rows)
+
+
+def _round(rows: np.ndarray) -> np.ndarray:
+    # y is in [0, 1] for every formula of gamma_lut, so rounding needs no clipping
     return np.rint(rows, out=rows).astype(np.uint8)
+
+
+def _gamma_chw(image: np.ndarray, rows: np.ndarray) -> None:
+    """Look up a C-contiguous uint8 (C, H, W) image in place: plane c in row c of a
+    :func:`_gamma_rows` table, rounded, or every plane in one call when it has one row."""
+    channels, height, width = image.shape
+    if len(rows) == 1:
+        cv2.LUT(image.reshape(channels * height, width), rows[0], dst=image.reshape(-1, width))
+    else:
+        for c in range(channels):
+            cv2.LUT(image[c], rows[c], dst=image[c])
 
 
 def gamma_planes(planes: Sequence[np.ndarray], table: np.ndarray) -> None:
@@ -276,9 +313,18 @@ def _noise_table() -> np.ndarray:
 def noise_planes(planes: Sequence[np.ndarray], sigmas: Sequence[float], seed: int) -> None:
     """Add noise of ``sigmas[c]`` grey levels to contiguous uint8 plane ``c``, in place,
     from a window of the noise table placed by ``seed`` (see the module docstring)."""
+    _add_noise_windows(planes, _noise_windows([plane.shape for plane in planes], sigmas, seed))
+
+
+def _noise_windows(
+    shapes: Sequence[tuple[int, ...]], sigmas: Sequence[float], seed: int
+) -> list[tuple[np.ndarray, float]]:
+    """What :func:`noise_planes` adds to planes of these shapes: per plane, its window of
+    standard normal samples and its sigma."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    size = sum(plane.size for plane in planes)
+    sizes = [math.prod(shape) for shape in shapes]
+    size = sum(sizes)
     if size <= _NOISE_TABLE:
         # A window of a fixed table of normal samples, placed by the seed: as random as
         # fresh draws for augmentation, replayable, and a quarter of their cost.
@@ -287,13 +333,21 @@ def noise_planes(planes: Sequence[np.ndarray], sigmas: Sequence[float], seed: in
     else:
         z = np.empty(size, np.float32)
         cv2.setRNGSeed(int(seed) & 0x7FFFFFFF)
-        cv2.randn(z, 0.0, 1.0)
+        cv2.randn(z, 0.0, 1.0)  # type: ignore[call-overload]  # the stubs want arrays
+    windows = []
     start = 0
-    for plane, sigma in zip(planes, sigmas, strict=True):
-        window = z[start : start + plane.size].reshape(plane.shape)
-        start += plane.size
+    for shape, n, sigma in zip(shapes, sizes, sigmas, strict=True):
+        windows.append((z[start : start + n].reshape(shape), float(sigma)))
+        start += n
+    return windows
+
+
+def _add_noise_windows(
+    planes: Sequence[np.ndarray], windows: Sequence[tuple[np.ndarray, float]]
+) -> None:
+    for plane, (window, sigma) in zip(planes, windows, strict=True):
         # one pass in float32: plane + window * sigma, rounded and saturated to uint8
-        cv2.addWeighted(plane, 1.0, window, float(sigma), 0.0, dst=plane, dtype=cv2.CV_8U)
+        cv2.addWeighted(plane, 1.0, window, sigma, 0.0, dst=plane, dtype=cv2.CV_8U)
 
 
 def add_noise_rgb(
@@ -410,11 +464,26 @@ def check_sigma(sigma: float | None) -> float:
 
 def blur_planes(planes: Sequence[np.ndarray], sigma: float) -> None:
     """Blur each contiguous uint8 plane with a Gaussian of ``sigma`` pixels, in place."""
+    taps = _blur_taps(sigma)
+    if taps is not None:
+        _blur_with(planes, taps)
+
+
+def _blur_taps(sigma: float) -> np.ndarray | None:
+    """The Gaussian's taps for :func:`blur_planes`; None for a blur that changes no pixel."""
+    if sigma < 0.25:
+        # The test below skips these without building the kernel: 1 or 3 taps, and with 3
+        # the centre weight 1 / (1 + 2 exp(-1 / (2 sigma**2))) is above 0.9993.
+        return None
     taps = cv2.getGaussianKernel(round(6 * sigma + 1) | 1, sigma)  # round: half to even
     centre = float(taps[len(taps) // 2, 0])
     if 255 * (1 - centre * centre) < 0.5:
         # A pixel moves by at most 255 times the weight off the centre tap: below half a
         # grey level nothing changes (sigma < 0.26; half of AUGMENTATION_TRAIN's blurs).
-        return
+        return None
+    return taps
+
+
+def _blur_with(planes: Sequence[np.ndarray], taps: np.ndarray) -> None:
     for plane in planes:
         cv2.sepFilter2D(plane, -1, taps, taps, dst=plane, borderType=cv2.BORDER_REFLECT_101)

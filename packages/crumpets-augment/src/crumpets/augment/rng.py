@@ -282,48 +282,71 @@ class MixtureRNG(RNG):
             raise ValueError(f"interpolations: {e}") from None
 
     def __call__(self, rng: np.random.Generator) -> dict[str, Any]:
-        z = rng.standard_normal(2)
-        u = rng.random(self._N_UNIFORM).tolist()  # plain floats
+        # Written out, without helper calls: it runs once per sample. Each value is the
+        # formula the class docstring gives, term for term.
+        z0, z1 = rng.standard_normal(2).tolist()  # plain floats
+        u = rng.random(self._N_UNIFORM).tolist()
         noise_seed = int(rng.integers(0, 2**31))
-
-        def uniform(bounds: tuple[float, float] | None, x: float, default: Any) -> Any:
-            if bounds is None:
-                return default
-            a, b = bounds
-            # a + (b - a) * x may round one ulp past b.
-            return min(max(a + (b - a) * x, a), b)
-
-        def pixel(bounds: tuple[float, float] | None, roll: float) -> bool:
-            return bounds is not None and roll < self.prob
+        prob = self.prob
 
         interp = None
         if self.interpolations is not None:
             n = len(self.interpolations)
             interp = self.interpolations[min(int(u[6] * n), n - 1)]
 
-        gamma_gray = None
-        if pixel(self.brightness_range, u[7]):
-            gamma_gray = human2gamma(uniform(self.brightness_range, u[8], 0.0))
-        gamma_color = None
-        if pixel(self.color_range, u[9]):
-            gamma_color = [human2gamma(uniform(self.color_range, x, 0.0)) for x in u[10:13]]
-        contrast = noise = blur = None
-        if pixel(self.contrast_range, u[13]):
-            contrast = uniform(self.contrast_range, u[14], None)
-        if pixel(self.noise_range, u[15]):
-            noise = uniform(self.noise_range, u[16], None)
-        if pixel(self.blur_range, u[17]):
-            blur = uniform(self.blur_range, u[18], None)
+        # uniform(bounds, x) = min(max(a + (b - a) * x, a), b): a + (b - a) * x may round
+        # one ulp past b. human2gamma(h) = 4.0 ** -min(max(h, -1.0), 1.0).
+        gamma_gray = gamma_color = contrast = noise = blur = None
+        bounds = self.brightness_range
+        if bounds is not None and u[7] < prob:
+            a, b = bounds
+            gamma_gray = 4.0 ** -min(max(min(max(a + (b - a) * u[8], a), b), -1.0), 1.0)
+        bounds = self.color_range
+        if bounds is not None and u[9] < prob:
+            a, b = bounds
+            gamma_color = [
+                4.0 ** -min(max(min(max(a + (b - a) * x, a), b), -1.0), 1.0) for x in u[10:13]
+            ]
+        bounds = self.contrast_range
+        if bounds is not None and u[13] < prob:
+            a, b = bounds
+            contrast = min(max(a + (b - a) * u[14], a), b)
+        bounds = self.noise_range
+        if bounds is not None and u[15] < prob:
+            a, b = bounds
+            noise = min(max(a + (b - a) * u[16], a), b)
+        bounds = self.blur_range
+        if bounds is not None and u[17] < prob:
+            a, b = bounds
+            blur = min(max(a + (b - a) * u[18], a), b)
+
+        scale = shear = 0.0
+        shift_x = shift_y = 0.0
+        bounds = self.scale_range
+        if bounds is None:
+            scale = 1.0
+        else:
+            a, b = bounds
+            scale = min(max(a + (b - a) * u[0], a), b)
+        bounds = self.shift_range
+        if bounds is not None:
+            a, b = bounds
+            shift_x = min(max(a + (b - a) * u[1], a), b)
+            shift_y = min(max(a + (b - a) * u[2], a), b)
+        bounds = self.shear_range
+        if bounds is not None:
+            a, b = bounds
+            shear = min(max(a + (b - a) * u[5], a), b)
 
         return {
             # The conditionals avoid -0.0 when a sigma is 0.
-            "angle": float(z[0]) * self.rotation_sigma if self.rotation_sigma else 0.0,
-            "scale": uniform(self.scale_range, u[0], 1.0),
-            "aspect": math.exp(float(z[1]) * self.aspect_sigma) if self.aspect_sigma else 1.0,
-            "shift": [uniform(self.shift_range, u[1], 0.0), uniform(self.shift_range, u[2], 0.0)],
+            "angle": z0 * self.rotation_sigma if self.rotation_sigma else 0.0,
+            "scale": scale,
+            "aspect": math.exp(z1 * self.aspect_sigma) if self.aspect_sigma else 1.0,
+            "shift": [shift_x, shift_y],
             "hmirror": u[3] < self.hmirror,
             "vmirror": u[4] < self.vmirror,
-            "shear": uniform(self.shear_range, u[5], 0.0),
+            "shear": shear,
             "interp_method": interp,
             "gamma_gray": gamma_gray,
             "gamma_color": gamma_color,

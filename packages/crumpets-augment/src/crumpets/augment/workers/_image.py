@@ -12,16 +12,17 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
 
-from crumpets.core.broker import BufferWorker
-from crumpets.core.params import OUTPUT_KEYS, PIXEL_OPS, check_params, enabled_ops
+from crumpets.core.broker import BufferWorker, Request
+from crumpets.core.params import OUTPUT_KEYS, PARAMS, PIXEL_OPS, check_params, enabled_ops
 from crumpets.core.plugins import entry_point_names
 
-from ..augmentation import transform_image
+from .._geometry import _transform_rows
+from ..augmentation import _fill, _source, _transform_into
 from ..rng import RNG, NoRNG
 
 __all__ = [
@@ -42,8 +43,11 @@ COLORSPACES = {
     "gray": None,
 }
 OUTSIDE = ("drop", "clip")
-# Arguments of prepare_image's parameter dict that transform_image does not take.
-_NOT_TRANSFORM_ARGS = frozenset({"colorspace", "background", *OUTPUT_KEYS})
+# The names a parameter dict may hold: transform_image's arguments, colorspace and
+# background, and what workers report (OUTPUT_KEYS), which is ignored.
+_IMAGE_ARGS = frozenset(PARAMS) | OUTPUT_KEYS
+_NO_SKIP: frozenset[str] = frozenset()
+_PLAIN_TYPES = frozenset({float, int, bool, str, type(None)})
 
 
 @functools.cache
@@ -53,15 +57,52 @@ def _gpu_ops() -> frozenset[str]:
 
 
 def _plain(value: Any) -> Any:
-    if type(value) in (float, int, bool, str, type(None)):
+    if type(value) in _PLAIN_TYPES:
         return value
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [v if type(v) in _PLAIN_TYPES else _plain(v) for v in value]
     return value
+
+
+class _Target:
+    """What prepare_image needs of one image buffer, worked out once per batch: its
+    size, the default colour space, the warp's border value for the buffer's fill, and
+    the pixel operations left to the GPU."""
+
+    __slots__ = (
+        "border",
+        "channels",
+        "colorspace",
+        "height",
+        "shape",
+        "size",
+        "skip",
+        "spec",
+        "width",
+    )
+
+    def __init__(self, worker: ImageWorker, key: str, shape: tuple[int, ...]):
+        self.spec, _, fill = worker.buffer_specs[key]
+        self.shape = shape  # of the array written to: the spec's, unless prepare is given another
+        self.channels, self.height, self.width = shape
+        self.size = (self.height, self.width)
+        color = self.channels == 3
+        self.colorspace = "rgb" if color else "gray"
+        self.border = _border(fill, self.channels)
+        # The GPU applies pixel operations to the RGB (or gray) result; for another
+        # colour space they must come before the conversion, on the CPU.
+        self.skip = _gpu_ops() if worker.gpu_augmentation else _NO_SKIP
+
+
+def _border(background: Any, channels: int) -> tuple[float, ...]:
+    """The warp's border value for ``background``: one per channel, and 0 for the alpha
+    channel of a colour image (warped as RGBA)."""
+    fill = _fill(background, channels)
+    return (*fill, 0.0) if channels == 3 else fill
 
 
 @functools.cache
@@ -117,6 +158,8 @@ class ImageWorker(BufferWorker):
         if outside not in OUTSIDE:
             raise ValueError(f"outside must be one of {OUTSIDE}, got {outside!r}")
         self.outside = outside
+        # Per image buffer, what prepare_image works out once per batch (see process).
+        self._targets: dict[str, _Target] | None = None
 
     def _check_image_buffer(self, key: str) -> None:
         shape = self.buffer_specs[key][0]
@@ -145,8 +188,27 @@ class ImageWorker(BufferWorker):
         checked here, once per sample; the fixed ``*_params`` were checked when the
         worker was built.
         """
-        params = self.image_rng(self.rng)
+        # process() sets the sample's generator; RNGs that draw nothing (NoRNG) need none
+        params = self.image_rng(cast(np.random.Generator, self.rng))
         return params if self.image_rng.checked else check_params(params)
+
+    def process(self, request: Request) -> dict:
+        # What prepare_image needs of each buffer is worked out for the batch, not per
+        # sample; afresh each batch, as settings (gpu_augmentation) may change between.
+        self._targets = {}
+        try:
+            return super().process(request)
+        finally:
+            self._targets = None
+
+    def _target(self, key: str, shape: tuple[int, ...]) -> _Target:
+        targets = self._targets
+        if targets is None:  # prepare called outside process: nothing to reuse
+            return _Target(self, key, shape)
+        target = targets.get(key)
+        if target is None or target.shape != shape:
+            target = targets[key] = _Target(self, key, shape)
+        return target
 
     def prepare_image(self, im: Any, buffers: dict, params: dict, key: str) -> dict:
         """Decode and augment ``im`` into ``buffers[key]``; return the parameters used.
@@ -155,39 +217,72 @@ class ImageWorker(BufferWorker):
         fixed ``*_params`` are.
         """
         out = buffers[key]
-        channels, height, width = out.shape
-        shape, _, fill = self.buffer_specs[key]
-        colorspace = params.get("colorspace", "rgb" if channels == 3 else "gray")
+        target = self._target(key, out.shape)
+        channels = target.channels
+        colorspace = params.get("colorspace", target.colorspace)
         if (channels == 1) != (colorspace == "gray"):
             raise ValueError(
-                f"colorspace {colorspace!r} does not fit buffer {key!r} of shape {shape}"
+                f"colorspace {colorspace!r} does not fit buffer {key!r} of shape {target.spec}"
             )
-        args = {k: v for k, v in params.items() if k not in _NOT_TRANSFORM_ARGS}
-        background = params.get("background", fill)
+        if not params.keys() <= _IMAGE_ARGS:
+            unknown = sorted(params.keys() - _IMAGE_ARGS, key=str)
+            raise TypeError(f"unexpected image parameters {unknown}")
         convert = COLORSPACES[colorspace]
-        # The GPU applies pixel operations to the RGB (or gray) result; for another
-        # colour space they must come before the conversion, here.
-        skip = _gpu_ops() if self.gpu_augmentation and convert is None else frozenset()
+        border = (
+            target.border if "background" not in params else _border(params["background"], channels)
+        )
+        # another colour space needs the pixel operations before its conversion: on the CPU
+        skip = target.skip if convert is None else _NO_SKIP
         # RGB and gray go straight into a uint8 buffer's planes; the rest is converted
         # from an RGB image.
         direct = convert is None and out.dtype == np.uint8 and out.flags.c_contiguous
-        result, matrix = transform_image(
-            im,
-            (height, width),
-            color=channels == 3,
-            background=background,
-            skip=skip,
-            out=out if direct else None,
-            **args,
+        result = out if direct else np.empty(target.shape, np.uint8)
+        get = params.get
+        src, source_size = _source(im, channels == 3)
+        rows = _transform_rows(
+            source_size,
+            target.size,
+            get("angle", 0),
+            get("scale", 1),
+            get("aspect", 1),
+            get("shift"),
+            get("hmirror", False),
+            get("vmirror", False),
+            get("shear"),
+            get("scale_mode", "shortest"),
+        )
+        # The report is made before the pixels: Python runs faster before decoding and
+        # warping an image than after, which flush its data from the caches.
+        used = {k: v if type(v) in _PLAIN_TYPES else _plain(v) for k, v in params.items()}
+        used["transform"] = rows  # the matrix's rows as Python floats, as .tolist() gives
+        # what the GPU Randomizer still has to apply: the skipped operations that are on
+        used["gpu_ops"] = (
+            [op for op in enabled_ops(params, channels == 3) if op in skip] if skip else []
+        )
+        interp = get("interp_method")
+        _transform_into(
+            src,
+            source_size,
+            rows,
+            target.size,
+            channels == 3,
+            border,
+            cv2.INTER_LINEAR if interp is None else int(interp),
+            get("supersampling", 0),
+            result,
+            skip,
+            get("gamma_gray"),
+            get("gamma_color"),
+            get("contrast"),
+            get("blur"),
+            get("noise"),
+            get("noise_seed", 0),
         )
         if not direct:
             if convert is not None:
-                result = cv2.cvtColor(result, convert)
-            out[...] = result.transpose(2, 0, 1) if channels == 3 else result
-        used = {k: _plain(v) for k, v in params.items()}
-        used["transform"] = matrix.tolist()
-        # what the GPU Randomizer still has to apply: the skipped operations that are on
-        used["gpu_ops"] = [op for op in enabled_ops(params, channels == 3) if op in skip]
+                out[...] = cv2.cvtColor(cv2.merge(list(result)), convert).transpose(2, 0, 1)
+            else:
+                out[...] = result
         return used
 
     def prepare_points(self, sample: dict, batch: dict, augmentation: dict, key: str) -> None:

@@ -1,0 +1,120 @@
+"""The geometry of an augmentation: every geometric change in one 2x3 matrix that maps
+source pixel coordinates to target pixel coordinates (pixel centres at integers).
+
+The same matrix warps the image, maps keypoints and boxes, and is returned with every
+sample, so any sample can be replayed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SCALE_MODES", "calc_scale_ratio", "make_transform"]
+
+SCALE_MODES = ("shortest", "longest")
+
+
+def calc_scale_ratio(
+    source_size: tuple[int, ...], target_size: tuple[int, ...], scale: float, scale_mode: str
+) -> float:
+    """Factor that maps the source to the target: the shortest (or longest) edge fits the
+    target exactly at ``scale=1``."""
+    h, w = source_size[:2]
+    th, tw = target_size[:2]
+    if scale_mode == "shortest":
+        return max(th / h, tw / w) * scale
+    if scale_mode == "longest":
+        return min(th / h, tw / w) * scale
+    raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
+
+
+def make_transform(
+    source_size: tuple[int, ...],
+    target_size: tuple[int, ...],
+    angle: float = 0,
+    scale: float = 1,
+    aspect: float = 1,
+    shift: Any = None,
+    hmirror: bool = False,
+    vmirror: bool = False,
+    shear: float | None = None,
+    scale_mode: str = "shortest",
+) -> np.ndarray:
+    """The 2x3 matrix mapping source pixel coordinates to target pixel coordinates.
+
+    The source centre goes to the target centre, scaled by :func:`calc_scale_ratio`;
+    ``aspect`` stretches x by sqrt(aspect) and y by 1/sqrt(aspect); mirrors flip around
+    the centre; ``shear`` tilts horizontal edges (y += shear * x); ``angle`` rotates
+    counter-clockwise in degrees; ``shift`` (x, y) in [-1, 1] moves the image by up to
+    the whole difference between its scaled size and the target: positive x shows more
+    of its right side, positive y more of its bottom (the image moves up).
+    """
+    return np.array(
+        _transform_rows(
+            source_size,
+            target_size,
+            angle,
+            scale,
+            aspect,
+            shift,
+            hmirror,
+            vmirror,
+            shear,
+            scale_mode,
+        )
+    )
+
+
+def _transform_rows(
+    source_size: tuple[int, ...],
+    target_size: tuple[int, ...],
+    angle: float,
+    scale: float,
+    aspect: float,
+    shift: Any,
+    hmirror: bool,
+    vmirror: bool,
+    shear: float | None,
+    scale_mode: str,
+) -> list[list[float]]:
+    """:func:`make_transform`'s matrix as two rows of Python floats."""
+    h, w = source_size[:2]
+    th, tw = target_size[:2]
+    s = calc_scale_ratio(source_size, target_size, scale, scale_mode)
+    a = math.sqrt(aspect)
+    sx, sy = s * a, s / a
+    mx, my = -sx if hmirror else sx, -sy if vmirror else sy
+    k = shear or 0.0
+    rad = math.radians(angle)
+    c, si = math.cos(rad), math.sin(rad)
+    # rotate @ tilt @ stretch, written out (small numpy matrices cost more than the sums):
+    # rotate = [[c, si], [-si, c]] (counter-clockwise on screen, y points down),
+    # tilt = [[1, 0], [k, 1]], stretch = [[mx, 0], [0, my]]
+    l00, l01 = (c + si * k) * mx, si * my
+    l10, l11 = (c * k - si) * mx, c * my
+    dx, dy = (0.0, 0.0) if shift is None else shift
+    # the source centre goes to the target centre, moved by the shift
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    ox = (tw - 1) / 2 - dx * abs(w * sx - tw) / 2
+    oy = (th - 1) / 2 - dy * abs(h * sy - th) / 2
+    return [[l00, l01, ox - (l00 * cx + l01 * cy)], [l10, l11, oy - (l10 * cx + l11 * cy)]]
+
+
+def _then(matrix: np.ndarray, fx: float, fy: float) -> np.ndarray:
+    """``matrix`` applied to an image resized by 1/f: x = f*x_r + (f-1)/2."""
+    pre = np.array([[fx, 0.0, (fx - 1) / 2], [0.0, fy, (fy - 1) / 2], [0.0, 0.0, 1.0]])
+    return matrix @ pre
+
+
+def _singular_values(matrix: Any) -> tuple[float, float]:
+    """Largest and smallest scale of the linear part of a 2x3 matrix (an array, or rows
+    of Python floats); closed form for 2x2."""
+    rows = matrix.tolist() if isinstance(matrix, np.ndarray) else matrix
+    (a, b, _), (c, d, _) = rows  # Python floats: numpy scalars are slower
+    total = a * a + b * b + c * c + d * d
+    det = abs(a * d - b * c)
+    root = math.sqrt(max(total * total - 4 * det * det, 0.0))
+    return math.sqrt((total + root) / 2), math.sqrt(max(total - root, 0.0) / 2)

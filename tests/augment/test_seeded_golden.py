@@ -1,0 +1,164 @@
+"""Seeded batches stay bit-identical: pixels and 'augmentation' dicts against golden digests.
+
+The digests below were computed from the code of commit 7459448 (HEAD before the workers'
+per-sample Python was trimmed), through the real loader with 1 worker; the test checks 1, 2
+and 4 workers against them. A change of any pixel, label or parameter (value or type: 1.0 is
+not 1, True is not 1) changes a digest. They are values of the previous implementation, not
+of the code under test.
+
+The parameters (and the 2x3 matrices) depend only on numpy's generators and Python's
+arithmetic, so their digest is checked everywhere. The pixels also depend on the JPEG/PNG
+encoder that makes the inputs and on OpenCV's kernels: they are checked where the inputs
+encode to the same bytes and OpenCV is the version the digest was computed with (the one
+CI pins), and skipped, saying why, elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import cv2
+import numpy as np
+import pytest
+from _photos import encode, photo
+
+from crumpets.augment import workers
+from crumpets.augment.presets import AUGMENTATION_ALL, AUGMENTATION_TRAIN, INPUT_PARAMS_TRAIN
+from crumpets.augment.workers import ClassificationWorker, FCNWorker, ImageWorker
+from crumpets.core import TurboDataLoader, pack
+
+GOLDEN_OPENCV = "5.0.0"
+# sha256 of the encoded inputs, so a different encoder (or photo) skips the pixel check
+GOLDEN_INPUTS = {
+    "image": "f08fe0e8b2219849f5d68e58176b6e35997d4972def1bba796a3104144fa9a9d",
+    "fcn": "6b376ce1e25f8d0a33cd47d8f31e8c04b6ab6c2da4104d4ecc2acb42dc2e2797",
+}
+# case: (sha256 of the parameters, sha256 of the buffers)
+GOLDEN = {
+    "train-224": (
+        "895cebcf4655664d7fa91bd7f829d5efe25c5fc36bcb9f975a1e6600e0211104",
+        "bce94bde530bc9cb1d37f20dcf6877f4bde40f162a542a8f45f5981ad72a86ed",
+    ),
+    "all-96x128": (
+        "3e82d4684d5a13e28a5dda418459951c0426cd400f280270ee2c37ef1a540846",
+        "535df7e75f74042447fb32ce0255d8a85e88dd2dcc272472e5ef94f068147f92",
+    ),
+    "gpu-split-64": (
+        "4f6dd2e0641ce36ecd7ee5cac2488a42c2b0f19ebd62e57081223c383b4292f4",
+        "c36246d03a1b7cc7ee9475a336364d05f9af87c0cd3183b066546b434345aefd",
+    ),
+    "fcn-64": (
+        "bbe20becf02205e0d360e8858d79766cee331205156b388c9870824bdfc28395",
+        "cec966fa06fe7f47712243c727bdf01fa47be6f5c6c93c8fb74075090f25e099",
+    ),
+}
+
+
+def _crops() -> list[np.ndarray]:
+    # Sizes around the benchmark's 500x375 (landscape and portrait), larger and smaller, so
+    # full, 1/2 and 1/4 JPEG decoding, area pre-reduction and supersampling all occur.
+    out = []
+    for i, name in enumerate(("astronaut", "chelsea", "coffee", "rocket")):
+        im = photo(name)
+        for j, (h, w) in enumerate(((375, 500), (500, 375), (180, 260), (427, 640))):
+            y, x = 5 * i + 3 * j, 7 * j
+            crop = im[y:, x:]
+            out.append(cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA))
+    return out
+
+
+def image_samples() -> list[bytes]:
+    samples = []
+    for i, im in enumerate(_crops()):
+        ext = ".png" if i % 5 == 4 else ".jpg"  # mostly JPEG, some PNG
+        samples.append(pack({"image": encode(im, ext), "label": i % 7}))
+    return samples
+
+
+def fcn_samples() -> list[bytes]:
+    samples = []
+    for i, im in enumerate(_crops()[:10]):
+        target = im[:, :, i % 3].copy()
+        samples.append(pack({"image": encode(im), "target_image": encode(target, ".png")}))
+    return samples
+
+
+def make_case(case: str):
+    """(worker, samples) of a case."""
+    if case == "train-224":
+        worker = ClassificationWorker(
+            ((3, 224, 224), np.uint8),
+            ((1,), np.int64),
+            image_params=INPUT_PARAMS_TRAIN,
+            image_rng=AUGMENTATION_TRAIN,
+        )
+        return worker, image_samples()
+    if case == "all-96x128":
+        worker = ClassificationWorker(
+            ((3, 96, 128), np.uint8, (10, 20, 30)), ((1,), np.int64), image_rng=AUGMENTATION_ALL
+        )
+        return worker, image_samples()
+    if case == "gpu-split-64":
+        worker = ImageWorker(
+            ((3, 64, 64), np.uint8), image_rng=AUGMENTATION_ALL, gpu_augmentation=True
+        )
+        return worker, image_samples()
+    if case == "fcn-64":
+        worker = FCNWorker(
+            ((3, 64, 64), np.uint8),
+            ((1, 64, 64), np.uint8, 255),
+            target_image_params={"interp_method": "nearest", "noise": 0.0},
+            image_rng=AUGMENTATION_ALL,
+        )
+        return worker, fcn_samples()
+    raise KeyError(case)
+
+
+def digests(case: str, nworkers: int, epochs: int = 2) -> tuple[str, str]:
+    """sha256 of every batch's parameter lists and of its buffers, over two epochs."""
+    worker, samples = make_case(case)
+    params, pixels = hashlib.sha256(), hashlib.sha256()
+    with TurboDataLoader(samples, 4, worker, nworkers, seed=11) as loader:
+        for _ in range(epochs):
+            for _, (batch,) in loader:
+                for key in sorted(batch):
+                    value = batch[key]
+                    if isinstance(value, np.ndarray):
+                        pixels.update(f"{key} {value.dtype} {value.shape}".encode())
+                        pixels.update(np.ascontiguousarray(value).tobytes())
+                    else:  # lists of per-sample values: json keeps 1.0, 1 and true apart
+                        params.update(f"{key} ".encode())
+                        params.update(json.dumps(value, sort_keys=True).encode())
+    return params.hexdigest(), pixels.hexdigest()
+
+
+def inputs_digest(samples: list[bytes]) -> str:
+    return hashlib.sha256(b"".join(samples)).hexdigest()
+
+
+@pytest.fixture
+def gpu_ops(monkeypatch):
+    # as when crumpets-torch registers its Randomizer's operations (forked workers inherit it)
+    monkeypatch.setattr(workers._image, "_gpu_ops", lambda: frozenset({"gamma", "noise", "blur"}))
+
+
+@pytest.mark.parametrize("nworkers", [1, 2, 4])
+@pytest.mark.parametrize("case", sorted(GOLDEN))
+def test_seeded_batches_match_the_previous_implementation(case, nworkers, gpu_ops):
+    params, pixels = digests(case, nworkers)
+    golden_params, golden_pixels = GOLDEN[case]
+    assert params == golden_params, f"{case}: parameters differ from the golden batches"
+    inputs = "fcn" if case.startswith("fcn") else "image"
+    if cv2.__version__ != GOLDEN_OPENCV:
+        pytest.skip(f"pixels: golden digests are of OpenCV {GOLDEN_OPENCV}, not {cv2.__version__}")
+    if inputs_digest(make_case(case)[1]) != GOLDEN_INPUTS[inputs]:
+        pytest.skip("pixels: this encoder (or scikit-image) makes other input bytes")
+    assert pixels == golden_pixels, f"{case}: pixels differ from the golden batches"
+
+
+if __name__ == "__main__":  # print the digests of the code as it is (to make the golden ones)
+    workers._image._gpu_ops = lambda: frozenset({"gamma", "noise", "blur"})
+    print({"image": inputs_digest(image_samples()), "fcn": inputs_digest(fcn_samples())})
+    for case in sorted(GOLDEN):
+        print(case, digests(case, 1))
