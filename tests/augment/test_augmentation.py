@@ -274,3 +274,19 @@ def test_rotate_and_resize_fills_every_channel_with_a_number():
         im, 0, (100, 100), 1, 1, None, cv2.INTER_LINEAR, 128, False, False, scale_mode="longest"
     )
     assert (out[:10] == 128).all()
+
+
+def test_points_and_boxes_map_through_a_matrix_as_pure_functions():
+    from crumpets.augment.augmentation import map_boxes, map_keypoints
+
+    shift = [[2.0, 0.0, -10.0], [0.0, 2.0, 5.0]]  # scale 2, then move
+    points = [[10, 10], [100, 0], [-1, -1]]
+    mapped, index = map_keypoints(points, shift, (60, 80))
+    np.testing.assert_allclose(mapped, [[10, 25]])
+    assert index == [0] and mapped.dtype == np.float32
+    clipped, index = map_keypoints(points, shift, (60, 80), outside="clip")
+    np.testing.assert_allclose(clipped, [[10, 25], [79.5, 5], [-0.5, 3]])
+    assert index == [0, 1, 2]
+    boxes, index = map_boxes([[0, 0, 10, 10], [200, 200, 210, 210]], shift, (60, 80))
+    np.testing.assert_allclose(boxes, [[-0.5, 5, 10, 25]])
+    assert index == [0]

@@ -12,9 +12,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SCALE_MODES", "calc_scale_ratio", "make_transform"]
+__all__ = [
+    "OUTSIDE",
+    "SCALE_MODES",
+    "calc_scale_ratio",
+    "make_transform",
+    "map_boxes",
+    "map_keypoints",
+]
 
 SCALE_MODES = ("shortest", "longest")
+# What happens to keypoints that leave the image: dropped, or clipped to its border.
+OUTSIDE = ("drop", "clip")
 
 
 def calc_scale_ratio(
@@ -118,3 +127,61 @@ def _singular_values(matrix: Any) -> tuple[float, float]:
     det = abs(a * d - b * c)
     root = math.sqrt(max(total * total - 4 * det * det, 0.0))
     return math.sqrt((total + root) / 2), math.sqrt(max(total - root, 0.0) / 2)
+
+
+def map_keypoints(
+    points: Any, matrix: Any, size: tuple[int, int], outside: str = "drop"
+) -> tuple[np.ndarray, list[int]]:
+    """Keypoints through a sample's 2x3 ``matrix`` into a ``size`` (height, width) image.
+
+    Args:
+        points: N x 2 (x, y) in source pixel coordinates.
+        matrix: the sample's ``transform``.
+        size: (height, width) of the image the matrix maps to.
+        outside: 'drop' the points that leave the image, or 'clip' them to its border.
+
+    Returns:
+        The mapped points (float32, M x 2) and the indices of the points they come from.
+    """
+    height, width = size
+    m = np.asarray(matrix, np.float64)
+    mapped = np.asarray(points, dtype=np.float64).reshape(-1, 2) @ m[:, :2].T + m[:, 2]
+    if outside == "drop":
+        inside = (
+            (mapped >= -0.5).all(1) & (mapped[:, 0] <= width - 0.5) & (mapped[:, 1] <= height - 0.5)
+        )
+        index = np.flatnonzero(inside)
+        mapped = mapped[index]
+    else:
+        index = np.arange(len(mapped))
+        mapped = np.clip(mapped, -0.5, [width - 0.5, height - 0.5])
+    return mapped.astype(np.float32), index.tolist()
+
+
+def map_boxes(
+    boxes: Any, matrix: Any, size: tuple[int, int], outside: str = "drop"
+) -> tuple[np.ndarray, list[int]]:
+    """Boxes through a sample's 2x3 ``matrix``: the box around each mapped box, clipped to
+    the ``size`` (height, width) image; with ``outside='drop'`` boxes left without area go.
+
+    Args:
+        boxes: N x 4 (x0, y0, x1, y1) in source pixel coordinates.
+
+    Returns:
+        The mapped boxes (float32, M x 4) and the indices of the boxes they come from.
+    """
+    height, width = size
+    m = np.asarray(matrix, np.float64)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 4, 2)
+    mapped = corners @ m[:, :2].T + m[:, 2]
+    # box edges lie on pixel borders: -0.5 .. size - 0.5 in pixel-centre coordinates
+    limit = [width - 0.5, height - 0.5]
+    lo = np.clip(mapped.min(1), -0.5, limit)
+    hi = np.clip(mapped.max(1), -0.5, limit)
+    hull = np.hstack([lo, hi])
+    index = np.arange(len(hull))
+    if outside == "drop":
+        index = np.flatnonzero((hi > lo).all(1))
+        hull = hull[index]
+    return hull.astype(np.float32), index.tolist()

@@ -34,6 +34,8 @@ from ._geometry import (
     _transform_rows,
     calc_scale_ratio,
     make_transform,
+    map_boxes,
+    map_keypoints,
 )
 from .augmentation_cpu import (
     _add_noise_windows,
@@ -54,6 +56,8 @@ __all__ = [
     "decode_opencv",
     "image_size",
     "make_transform",
+    "map_boxes",
+    "map_keypoints",
     "randomize_image",
     "rotate_and_resize",
     "transform_image",

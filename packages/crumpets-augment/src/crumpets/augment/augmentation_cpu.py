@@ -37,9 +37,9 @@ Noise (:func:`add_noise_rgb`, :func:`add_noise_other`)::
 
 ``sigma_c`` is ``sigma`` for every channel, except that :func:`add_noise_rgb` uses
 ``sigma / sqrt(2)`` for green (channel 1) of a 3-channel image: a Bayer sensor has twice as
-many green pixels, so green is less noisy. A GPU twin cannot reproduce numpy's generator, so
-noise matches between CPU and GPU in distribution only. (Larger images than the table draw
-fresh samples from OpenCV's generator, seeded with ``seed``.)
+many green pixels, so green is less noisy. The GPU twins use the same table, so CPU and GPU
+add the same noise. (Larger images than the table draw fresh samples from numpy's
+generator seeded with ``seed``; the GPU's differ there, in distribution only.)
 
 Blur (:func:`add_blur`): a separable Gaussian of standard deviation ``sigma`` pixels with
 ``ksize = int(rint(6 * sigma + 1)) | 1`` taps
@@ -331,9 +331,8 @@ def _noise_windows(
         offset = int(seed) % (_NOISE_TABLE - size + 1)
         z = _noise_table()[offset : offset + size]
     else:
-        z = np.empty(size, np.float32)
-        cv2.setRNGSeed(int(seed) & 0x7FFFFFFF)
-        cv2.randn(z, 0.0, 1.0)  # type: ignore[call-overload]  # the stubs want arrays
+        # fresh samples from the seed's own generator (never OpenCV's global one)
+        z = np.random.default_rng(int(seed)).standard_normal(size, np.float32)
     windows = []
     start = 0
     for shape, n, sigma in zip(shapes, sizes, sigmas, strict=True):

@@ -21,7 +21,7 @@ from crumpets.core.broker import BufferWorker, Request
 from crumpets.core.params import OUTPUT_KEYS, PARAMS, PIXEL_OPS, check_params, enabled_ops
 from crumpets.core.plugins import entry_point_names
 
-from .._geometry import _transform_rows
+from .._geometry import OUTSIDE, _transform_rows, map_boxes, map_keypoints
 from ..augmentation import _fill, _source, _transform_into
 from ..rng import RNG, NoRNG
 
@@ -42,7 +42,6 @@ COLORSPACES = {
     "ycrcb": cv2.COLOR_RGB2YCrCb,
     "gray": None,
 }
-OUTSIDE = ("drop", "clip")
 # The names a parameter dict may hold: transform_image's arguments, colorspace and
 # background, and what workers report (OUTPUT_KEYS), which is ignored.
 _IMAGE_ARGS = frozenset(PARAMS) | OUTPUT_KEYS
@@ -287,42 +286,20 @@ class ImageWorker(BufferWorker):
 
     def prepare_points(self, sample: dict, batch: dict, augmentation: dict, key: str) -> None:
         """Map the sample's 'keypoints' (N x 2) and 'bboxes' (N x 4: x0, y0, x1, y1)
-        through the image's matrix into ``batch``."""
+        through the image's matrix into ``batch`` (see :func:`map_keypoints`,
+        :func:`map_boxes`)."""
         if "keypoints" not in sample and "bboxes" not in sample:
             return
         _, height, width = self.buffer_specs[key][0]
-        matrix = np.asarray(augmentation["transform"])
+        size, matrix = (height, width), augmentation["transform"]
         if "keypoints" in sample:
-            points = np.asarray(sample["keypoints"], dtype=np.float64).reshape(-1, 2)
-            mapped = points @ matrix[:, :2].T + matrix[:, 2]
-            inside = (
-                (mapped >= -0.5).all(1)
-                & (mapped[:, 0] <= width - 0.5)
-                & (mapped[:, 1] <= height - 0.5)
-            )
-            if self.outside == "drop":
-                index = np.flatnonzero(inside)
-                mapped = mapped[index]
-            else:
-                index = np.arange(len(mapped))
-                mapped = np.clip(mapped, -0.5, [width - 0.5, height - 0.5])
-            batch["keypoints"].append(mapped.astype(np.float32))
-            batch["keypoints_index"].append(index.tolist())
+            points, index = map_keypoints(sample["keypoints"], matrix, size, self.outside)
+            batch["keypoints"].append(points)
+            batch["keypoints_index"].append(index)
         if "bboxes" in sample:
-            boxes = np.asarray(sample["bboxes"], dtype=np.float64).reshape(-1, 4)
-            corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 4, 2)
-            mapped = corners @ matrix[:, :2].T + matrix[:, 2]
-            # box edges lie on pixel borders: -0.5 .. size - 0.5 in pixel-centre coordinates
-            limit = [width - 0.5, height - 0.5]
-            lo = np.clip(mapped.min(1), -0.5, limit)
-            hi = np.clip(mapped.max(1), -0.5, limit)
-            hull = np.hstack([lo, hi])
-            index = np.arange(len(hull))
-            if self.outside == "drop":
-                index = np.flatnonzero((hi > lo).all(1))
-                hull = hull[index]
-            batch["bboxes"].append(hull.astype(np.float32))
-            batch["bboxes_index"].append(index.tolist())
+            boxes, index = map_boxes(sample["bboxes"], matrix, size, self.outside)
+            batch["bboxes"].append(boxes)
+            batch["bboxes_index"].append(index)
 
     def prepare(self, sample: dict, batch: dict, buffers: dict) -> None:
         params = self.draw_params()
