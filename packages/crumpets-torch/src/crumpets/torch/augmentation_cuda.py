@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -82,14 +83,19 @@ def param(aug: dict, key: str, index: int) -> Any:
 
 
 def _values(aug: dict, op: str, index: int) -> list[Any]:
-    """The parameters of pixel operation ``op`` in sample ``index``, checked."""
-    values = []
-    for key in PIXEL_OPS[op]:
-        try:
-            values.append(check_param(key, param(aug, key, index)))
-        except ValueError as e:
-            raise ValueError(f"augmentation of sample {index} in the batch: {e}") from None
-    return values
+    """The parameters of pixel operation ``op`` in sample ``index``, as they are."""
+    return [param(aug, key, index) for key in PIXEL_OPS[op]]
+
+
+def _check(aug: dict, ops: Sequence[str], index: int) -> None:
+    """Raise a ValueError naming the sample and the first of its parameters of ``ops``
+    that is not valid (:func:`crumpets.core.params.check_param`)."""
+    for op in ops:
+        for key, value in zip(PIXEL_OPS[op], _values(aug, op, index)):
+            try:
+                check_param(key, value)
+            except ValueError as e:
+                raise ValueError(f"augmentation of sample {index} in the batch: {e}") from None
 
 
 def _top(maxv: float | None) -> float:
@@ -100,6 +106,8 @@ def _top(maxv: float | None) -> float:
 def _gamma_row(row: list[float], gray: Any, color: Any, k: Any, channels: int) -> None:
     g = [1.0 if gray is None else float(gray)] * 3
     if color is not None and channels == 3:
+        if len(color) != 3:
+            raise ValueError("gamma_color needs 3 values")
         g = [a * float(c) for a, c in zip(g, color)]  # the CPU table's products
     k = float(k or 0.0)
     row[0:5] = [*g, max(k, 0.0), min(k, 0.0)]
@@ -109,6 +117,8 @@ def _noise_row(
     row: list[float], strength: Any, seed: Any, green: float, channels: int, size: int, top: float
 ) -> None:
     sigma = NOISE_SCALE * float(strength or 0.0) * top / 255.0
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError("noise_seed must be an int")
     offset = int(seed or 0) % (NOISE_TABLE_SIZE - size + 1) if size <= NOISE_TABLE_SIZE else 0
     row[5:9] = [sigma, sigma * green if channels == 3 else sigma, sigma, float(offset)]
 
@@ -117,6 +127,8 @@ def _blur_row(row: list[float], blur: Any, width: int, limit: int) -> None:
     sigma = float(blur or 0.0) * width
     if sigma == 0:
         return
+    if not 0 < sigma <= width:  # blur in [0, 1]; NaN fails too
+        raise ValueError("blur must be in [0, 1]")
     radius = (round(6 * sigma + 1) | 1) // 2  # round half to even, as on the CPU
     if sigma < 0.3:
         # the CPU skips a blur whose centre tap keeps every pixel within half a level
@@ -155,17 +167,31 @@ def _gather(
     rows = []
     for i, aug in enumerate(augs):
         row = list(_NEUTRAL)
-        if gamma is not None and gamma[i]:
-            gray, color, k = _values(aug, "gamma", i)
-            _gamma_row(row, gray, color, k, c)
-        if noise is not None and noise[i]:
-            strength, seed = _values(aug, "noise", i)
-            _noise_row(row, strength, seed, green, c, size, top)
-        if blur is not None and blur[i]:
-            (amount,) = _values(aug, "blur", i)
-            _blur_row(row, amount, w, limit)
+        try:
+            if gamma is not None and gamma[i]:
+                gray, color, k = _values(aug, "gamma", i)
+                _gamma_row(row, gray, color, k, c)
+            if noise is not None and noise[i]:
+                strength, seed = _values(aug, "noise", i)
+                _noise_row(row, strength, seed, green, c, size, top)
+            if blur is not None and blur[i]:
+                (amount,) = _values(aug, "blur", i)
+                _blur_row(row, amount, w, limit)
+        except (TypeError, ValueError, OverflowError):
+            _check(aug, [op for op, on in wanted.items() if on[i]], i)  # names what is wrong
+            raise
         rows.append(row)
     host = np.array(rows, np.float64).reshape(n, _TAPS)
+    # the rest of the schema's ranges, for the whole batch at once (a few numpy calls
+    # instead of a check per parameter and sample): gammas > 0, contrast in [-1, 1],
+    # noise >= 0, all finite; the first bad sample is then named
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(host).all(1) & (host[:, :3] > 0).all(1) & (host[:, 5:8] >= 0).all(1)
+        valid &= (host[:, 3] <= 1) & (host[:, 4] >= -1)
+    if not valid.all():
+        i = int(np.flatnonzero(~valid)[0])
+        _check(augs[i], [op for op, on in wanted.items() if on[i]], i)
+        raise ValueError(f"augmentation of sample {i} in the batch: invalid parameters")
     radius = int(host[:, 10].max(initial=0))
     if radius:
         host = np.hstack([host, _taps(host)])
