@@ -80,10 +80,7 @@ from crumpets.core import BufferWorker, Reader, pack
 from crumpets.torch import TorchTurboDataLoader
 from crumpets.torch.augmentation_cuda import add_blur, add_gamma, add_noise_rgb
 from crumpets.torch.randomizer import randomize
-from crumpets.train import Trainer
-from crumpets.train.demo import DigitNet, pack_digits
-from crumpets.train.loss import CrossEntropyLoss
-from crumpets.train.metrics import AccuracyMetric
+from crumpets.train.demo import pack_digits
 
 REPO = Path(__file__).resolve().parents[1]
 GB = 1e9
@@ -499,22 +496,7 @@ def bench_trainer(device: torch.device, sizes: Sizes, workers: int) -> list[Row]
         loader = TorchTurboDataLoader(data, 64, worker, workers, device=device, seed=0)
         if sizes.trainer_steps:
             loader.set_epoch_iterations(sizes.trainer_steps)
-        torch.manual_seed(0)
-        net = DigitNet().to(device)
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-        trainer = Trainer(
-            net,
-            optimizer,
-            CrossEntropyLoss(target_key="label"),
-            AccuracyMetric(),
-            None,
-            None,
-            loader,
-            None,
-            out,
-            quiet=True,
-            snapshot_interval=0,
-        )
+        net, optimizer, trainer = trainer_overhead.make_trainer(loader, out, device)
         stamps: list[float] = []
         trainer.add_hook("train_backward", lambda state, **_: stamps.append(time.perf_counter()))
         walls: dict[str, list[float]] = {"plain": [], "Trainer": []}

@@ -48,6 +48,28 @@ def plain_epoch(net, optimizer, loader) -> list[float]:
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
+def make_trainer(loader, out: str, device: str = "cpu") -> tuple:
+    """(net, optimizer, Trainer): the demo's CNN with SGD, trained by a quiet Trainer
+    without policies or snapshots on ``loader``; the plain loop uses the same net."""
+    torch.manual_seed(0)
+    net = DigitNet().to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    trainer = Trainer(
+        net,
+        optimizer,
+        CrossEntropyLoss(target_key="label"),
+        AccuracyMetric(),
+        None,
+        None,
+        loader,
+        None,
+        out,
+        quiet=True,
+        snapshot_interval=0,
+    )
+    return net, optimizer, trainer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6, help="epochs of each, alternating")
@@ -60,22 +82,7 @@ def main() -> None:
             loader = TorchTurboDataLoader(
                 data, 64, ClassificationWorker(image, label), 2, device="cpu", seed=0
             )
-            torch.manual_seed(0)
-            net = DigitNet()
-            optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-            trainer = Trainer(
-                net,
-                optimizer,
-                CrossEntropyLoss(target_key="label"),
-                AccuracyMetric(),
-                None,
-                None,
-                loader,
-                None,
-                out,
-                quiet=True,
-                snapshot_interval=0,
-            )
+            net, optimizer, trainer = make_trainer(loader, out)
             stamps: list[float] = []
 
             def stamp(state, **_):
