@@ -8,9 +8,9 @@ It prints, in ms per image (medians of 5 runs):
 - the worker, against the ceiling (decode + one warpAffine) and one warp of 3 against 4
   channels;
 - the worker's time outside OpenCV's calls (Python and numpy: the worker's time less the
-  time inside every OpenCV call, each timed), of which the time in
-  ``np.random.default_rng((seed, epoch, index))``, which crumpets-core's ``process`` calls
-  per sample; and the same batches through ``process`` and ``pack`` with a ``prepare`` that
+  time inside every OpenCV call, each timed), of which the time making each sample's
+  generator (``crumpets.core.plan.SampleRNG``, which crumpets-core's ``process`` calls per
+  sample); and the same batches through ``process`` and ``pack`` with a ``prepare`` that
   does nothing (crumpets-core's share, with warmer caches than between a worker's images);
 - then cProfile's top entries (the profiler inflates the Python part).
 
@@ -34,6 +34,7 @@ from crumpets.augment import ClassificationWorker
 from crumpets.augment.presets import AUGMENTATION_TRAIN, INPUT_PARAMS_TRAIN
 from crumpets.core import pack
 from crumpets.core.broker import BufferWorker, Request, keep_freed_memory
+from crumpets.core.plan import SampleRNG
 from crumpets.core.shm import SharedBufferManager
 
 BATCH = 64
@@ -110,10 +111,10 @@ def per_image(fun: Callable[[], Any], n: int) -> list[float]:
 
 def split_time(fun: Callable[[], Any], n: int) -> tuple[float, float, float]:
     """Median ms per image of ``fun``, of its time outside the OpenCV calls, and of its
-    time in np.random.default_rng (which BufferWorker.process calls per sample)."""
+    time making each sample's generator (SampleRNG, which BufferWorker.process calls)."""
     spent = {"opencv": 0.0, "rng": 0.0}
     originals = [(cv2, name, "opencv") for name in OPENCV_CALLS]
-    originals.append((np.random, "default_rng", "rng"))
+    originals.append((SampleRNG, "__call__", "rng"))
 
     def timed(call: Callable, group: str) -> Callable:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -187,7 +188,7 @@ def main() -> None:
         core = statistics.median(per_image(null, len(jpgs)))
         print(
             f"outside OpenCV's calls: {outside:.3f} ms of the worker's {total:.3f} ms per image "
-            f"(Python and numpy), of which np.random.default_rng in process: {rng:.3f} ms; "
+            f"(Python and numpy), of which each sample's generator (SampleRNG): {rng:.3f} ms; "
             f"process + pack with a prepare that does nothing: {core:.3f} ms"
         )
         profile = cProfile.Profile()

@@ -1,10 +1,17 @@
 """Seeded batches stay bit-identical: pixels and 'augmentation' dicts against golden digests.
 
-The digests below were computed from the code of commit 7459448 (HEAD before the workers'
-per-sample Python was trimmed), through the real loader with 1 worker; the test checks 1, 2
-and 4 workers against them. A change of any pixel, label or parameter (value or type: 1.0 is
-not 1, True is not 1) changes a digest. They are values of the previous implementation, not
-of the code under test.
+Two sets of digests, each through the real loader with 1 worker; the test checks 1, 2 and 4
+workers against them. A change of any pixel, label or parameter (value or type: 1.0 is not
+1, True is not 1) changes a digest. They are values of earlier code, not of the code under
+test:
+
+- ``GOLDEN_DEFAULT_RNG``, from the code of commit 7459448 (before the workers' per-sample
+  Python was trimmed), when each sample drew from ``numpy.random.default_rng((seed, epoch,
+  index))``. The test gives the workers that generator again: the same numbers must still
+  give the same batches, so the change of generator below changed nothing else.
+- ``GOLDEN``, from the code that made each sample's generator
+  ``crumpets.core.plan.sample_rng`` (PCG64DXSM jumped streams, the one deliberate change of
+  the random streams; README says so), computed when that change was made.
 
 The parameters (and the 2x3 matrices) depend only on numpy's generators and Python's
 arithmetic, so their digest is checked everywhere. The pixels also depend on the JPEG/PNG
@@ -26,7 +33,7 @@ from _photos import encode, photo
 from crumpets.augment import workers
 from crumpets.augment.presets import AUGMENTATION_ALL, AUGMENTATION_TRAIN, INPUT_PARAMS_TRAIN
 from crumpets.augment.workers import ClassificationWorker, FCNWorker, ImageWorker
-from crumpets.core import TurboDataLoader, pack
+from crumpets.core import TurboDataLoader, broker, pack
 
 GOLDEN_OPENCV = "5.0.0"
 # sha256 of the encoded inputs, so a different encoder (or photo) skips the pixel check
@@ -36,6 +43,24 @@ GOLDEN_INPUTS = {
 }
 # case: (sha256 of the parameters, sha256 of the buffers)
 GOLDEN = {
+    "train-224": (
+        "355cefe7645ca551b7750fb27bce1b80b933593c5cc85af9b26c6c6548c5cb1c",
+        "c432a184b825c7a9231d9d81d48252e0dc8a8d8ddb7eb8ac4b13adec73ff5ddf",
+    ),
+    "all-96x128": (
+        "9877e78e11b21822020286109a3d3f32f361897348cb8b610f968b97f7d1db06",
+        "ccba9ff7aa6107b711c5ac15997964a490ad28b1edb6da662b933dc20eb3593f",
+    ),
+    "gpu-split-64": (
+        "3874f8cf0872ef612dd466547853c1b1643b11eb94265d90a11a30951e2be263",
+        "fd774470376be8c507edbccadf3f77c76416dc5505c1f7190602066e09608d56",
+    ),
+    "fcn-64": (
+        "ab3211ee4417c6bad6b880eaa978e6a98f8e598b7f426b7618d04bfd4b933b0f",
+        "aed630ae048bd5caa65522b2bf6f25f6d0f978bbc47075ea11f3adbeeb13c27e",
+    ),
+}
+GOLDEN_DEFAULT_RNG = {
     "train-224": (
         "895cebcf4655664d7fa91bd7f829d5efe25c5fc36bcb9f975a1e6600e0211104",
         "bce94bde530bc9cb1d37f20dcf6877f4bde40f162a542a8f45f5981ad72a86ed",
@@ -143,11 +168,22 @@ def gpu_ops(monkeypatch):
     monkeypatch.setattr(workers._image, "_gpu_ops", lambda: frozenset({"gamma", "noise", "blur"}))
 
 
-@pytest.mark.parametrize("nworkers", [1, 2, 4])
-@pytest.mark.parametrize("case", sorted(GOLDEN))
-def test_seeded_batches_match_the_previous_implementation(case, nworkers, gpu_ops):
+class DefaultRNG:
+    """Each sample's generator as it was before crumpets.core.plan.SampleRNG."""
+
+    def __call__(self, seed: int, epoch: int, index: int) -> np.random.Generator:
+        return np.random.default_rng((seed, epoch, index))
+
+
+@pytest.fixture
+def default_rng(monkeypatch):
+    # the workers make their SampleRNG in their process: forked ones inherit this patch
+    monkeypatch.setattr(broker, "SampleRNG", DefaultRNG)
+
+
+def check(case: str, nworkers: int, golden: dict) -> None:
     params, pixels = digests(case, nworkers)
-    golden_params, golden_pixels = GOLDEN[case]
+    golden_params, golden_pixels = golden[case]
     assert params == golden_params, f"{case}: parameters differ from the golden batches"
     inputs = "fcn" if case.startswith("fcn") else "image"
     if cv2.__version__ != GOLDEN_OPENCV:
@@ -155,6 +191,20 @@ def test_seeded_batches_match_the_previous_implementation(case, nworkers, gpu_op
     if inputs_digest(make_case(case)[1]) != GOLDEN_INPUTS[inputs]:
         pytest.skip("pixels: this encoder (or scikit-image) makes other input bytes")
     assert pixels == golden_pixels, f"{case}: pixels differ from the golden batches"
+
+
+@pytest.mark.parametrize("nworkers", [1, 2, 4])
+@pytest.mark.parametrize("case", sorted(GOLDEN))
+def test_seeded_batches_match_the_golden_ones(case, nworkers, gpu_ops):
+    check(case, nworkers, GOLDEN)
+
+
+@pytest.mark.parametrize("nworkers", [1, 2])
+@pytest.mark.parametrize("case", sorted(GOLDEN_DEFAULT_RNG))
+def test_with_the_old_generator_batches_match_the_previous_implementation(
+    case, nworkers, gpu_ops, default_rng
+):
+    check(case, nworkers, GOLDEN_DEFAULT_RNG)
 
 
 if __name__ == "__main__":  # print the digests of the code as it is (to make the golden ones)

@@ -9,6 +9,7 @@ import pytest
 from _core_workers import IndexWorker
 
 from crumpets.core import Reader, TurboDataLoader, Writer, pack
+from crumpets.core.plan import sample_rng
 
 N = 103  # not a multiple of any batch size used here: every epoch ends in a partial batch
 
@@ -70,6 +71,8 @@ def test_sample_rng_depends_on_sample_not_position():
     mixed = run_epochs(TurboDataLoader(samples(), 10, IndexWorker(), 2, seed=3, shuffle=True), 1)[0]
     draws = lambda batches: dict(zip(*[sum(x, []) for x in zip(*batches)]))  # noqa: E731
     assert draws(plain) == draws(mixed)
+    # and it is the draw of sample_rng(seed, epoch, index), which replays it anywhere
+    assert draws(plain) == {i: sample_rng(3, 0, i).random() for i in range(N)}
 
 
 def test_drop_last_and_mini_batches():

