@@ -37,19 +37,28 @@ and, doing less than AUGMENTATION_TRAIN:
   GPU Randomizer (gpu_augmentation=True), which this benchmark does not run: compare it
   with the ceiling.
 
-For each: images/s (after a warm-up: median over rounds of one batch per worker, mean
+For each: images/s (after a warm-up: median over groups of one batch per worker, mean
 over all timed batches; and all images over the wall time from start-up), time to the
 first batch after entering ``with`` (or creating the iterator), CPU time of the main
 process alone per batch (the workers are not counted) and as a share of wall time, and
-peak memory (main process RSS, sum of the children's RSS, growth of /dev/shm). Ratios of
-crumpets to the others come from the same run, the equal-work ones first. The table is
-printed and written as Markdown, with the machine, to benchmarks/results.md. ``--soak B``
-then runs B batches of the TurboDataLoader and prints RSS and /dev/shm at the start,
+peak memory (main process RSS, sum of the children's RSS, growth of /dev/shm).
+
+The rows are measured in rounds (``--rounds R``, default 3): each round measures every
+row once, in the order above (the equal-work rows first), and the rounds run one after
+another. A shared machine's CPU speed drifts (by a quarter, over tens of seconds), so
+one measurement per row would favour whichever row ran in a fast spell; interleaved, each
+row's measurements are spread over the whole run. Each figure in the table is the median
+over rounds of that row's figures in each round (peaks: the largest of any round). Each
+ratio of crumpets to another row is taken within each round, where both rows ran in the
+same stretch of the run, and printed as the median over rounds with every round's value,
+the equal-work ones first. ``--rounds 1`` measures each row once. The table is printed
+and written as Markdown, with the machine, to benchmarks/results.md. ``--soak B`` then
+runs B batches of the TurboDataLoader, once, and prints RSS and /dev/shm at the start,
 middle and end.
 
-Run (about a minute and a half on 2 cores; part of ``nox -s bench``):
+Run (1.5 to 2 minutes on 2 cores, a third of that per round; part of ``nox -s bench``):
     python benchmarks/throughput.py
-    python benchmarks/throughput.py --images 300 --batches 10 --out /tmp/results.md
+    python benchmarks/throughput.py --images 300 --batches 10 --rounds 1 --out /tmp/results.md
     python benchmarks/throughput.py --cache ~/.cache/crumpets-bench --soak 2000
 
 Figures from a busy machine are noise: measure on an otherwise idle one.
@@ -59,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import datetime
 import functools
 import gc
@@ -77,6 +87,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -226,7 +237,7 @@ def main_cpu() -> float:
 class Result:
     name: str
     workers: int
-    median: float  # images/s, median over rounds of one batch per worker
+    median: float  # images/s, median over groups of one batch per worker
     mean: float  # images/s, the timed batches over their wall time
     overall: float | None = None  # images/s, every batch over the wall time from start
     first: float | None = None  # s to the first batch
@@ -268,7 +279,7 @@ def measure(
     if len(times) < warmup + timed:
         raise RuntimeError(f"{name}: got {len(times)} batches, wanted {warmup + timed}")
     # Workers run in lockstep, so their batches arrive together and single intervals swing
-    # between ~0 and a whole round: the median is taken over rounds of `workers` batches.
+    # between ~0 and a whole group: the median is taken over groups of `workers` batches.
     step = min(workers, timed)
     rates = [
         sum(counts[i + 1 : i + 1 + step]) / (times[i + step] - times[i])
@@ -308,13 +319,11 @@ def keep_freed_memory(limit: int = 32 << 20) -> None:
     mallopt(-1, limit)  # M_TRIM_THRESHOLD
 
 
-def in_process(
-    name: str, reader: Reader, work: Callable[[bytes], None], nworkers: int
-) -> tuple[Result, float]:
+def in_process(name: str, reader: Reader, work: Callable[[bytes], None], nworkers: int) -> Result:
     """Time ``work`` on every JPEG of ``reader``, a batch at a time as one worker does, in
     one child process set up as a worker is (one OpenCV thread, freed memory kept; this
     process and the baseline's workers keep their defaults); return the rates times
-    ``nworkers``, and the images/s of the one process."""
+    ``nworkers`` (the mean divided by ``nworkers`` is the one process's images/s)."""
     print(f"{name}: {len(reader)} JPEGs in one process ...", file=sys.stderr)
     context = multiprocessing.get_context("fork")
     results = context.SimpleQueue()
@@ -340,10 +349,10 @@ def in_process(
     if process.exitcode != 0:
         raise RuntimeError(f"{name}: the measuring process exited with {process.exitcode}")
     median, one = results.get()
-    return Result(name, nworkers, median * nworkers, one * nworkers), one
+    return Result(name, nworkers, median * nworkers, one * nworkers)
 
 
-def ceiling(reader: Reader, nworkers: int) -> tuple[Result, float]:
+def ceiling(reader: Reader, nworkers: int) -> Result:
     """Decode + one warp per image in one process, single-threaded; scaled by nworkers."""
     out = np.empty((SIZE, SIZE, 3), np.uint8)
 
@@ -360,7 +369,7 @@ def ceiling(reader: Reader, nworkers: int) -> tuple[Result, float]:
     return in_process(name, reader, decode_and_warp, nworkers)
 
 
-def same_work_limit(reader: Reader, nworkers: int, seed: int = 0) -> tuple[Result, float]:
+def same_work_limit(reader: Reader, nworkers: int, seed: int = 0) -> Result:
     """What ClassificationWorker + AUGMENTATION_TRAIN does to an image, in plain OpenCV in
     one process, single-threaded; scaled by nworkers (see the module docstring).
 
@@ -675,7 +684,8 @@ LESS_WORK = (
     ("torch", "ceiling"),
     ("gpu split", "baseline"),
 )
-# rows of the table: the equal-work rows first
+# rows of the table, and the order in which each round measures them: the equal-work rows
+# first, so that those compared at equal work run close together in time
 ORDER = (
     "same-work limit",
     "same-work baseline",
@@ -687,7 +697,23 @@ ORDER = (
 )
 
 
-def ratios(results: dict[str, Result]) -> list[str]:
+def over_rounds(rounds: list[Result]) -> Result:
+    """One row's figures from its rounds: the median of each, the max of the peaks."""
+    figures: dict[str, Any] = {}
+    for field in dataclasses.fields(Result)[2:]:  # after name and workers
+        values = [getattr(r, field.name) for r in rounds]
+        if None in values:  # not measured for this row (the in-process ones)
+            figures[field.name] = None
+        elif field.name.startswith("peak_"):
+            figures[field.name] = max(values)
+        else:
+            figures[field.name] = statistics.median(values)
+    return Result(rounds[0].name, rounds[0].workers, **figures)
+
+
+def ratios(rounds: list[dict[str, Result]]) -> list[str]:
+    """Each pair's ratios within each round, where both rows ran close in time, so that a
+    drift in CPU speed over the run moves both sides alike; then the median over rounds."""
     lines = []
     for title, pairs in (
         ("Equal work (what ClassificationWorker + AUGMENTATION_TRAIN does):", EQUAL_WORK),
@@ -695,12 +721,18 @@ def ratios(results: dict[str, Result]) -> list[str]:
     ):
         lines += ["", title, ""]
         for key, other in pairs:
-            if key not in results or other not in results:
+            if key not in rounds[0] or other not in rounds[0]:
                 continue
-            r, o = results[key], results[other]
+            by_median = [r[key].median / r[other].median for r in rounds]
+            by_mean = [r[key].mean / r[other].mean for r in rounds]
+            pair = f"{rounds[0][key].name} / {rounds[0][other].name}"
+            if len(rounds) == 1:
+                lines.append(f"- {pair}: {by_median[0]:.2f}x (median), {by_mean[0]:.2f}x (mean)")
+                continue
+            each = ", ".join(f"{x:.2f}" for x in by_median)
             lines.append(
-                f"- {r.name} / {o.name}: {r.median / o.median:.2f}x (median), "
-                f"{r.mean / o.mean:.2f}x (mean)"
+                f"- {pair}: {statistics.median(by_median):.2f}x (median of {len(rounds)} "
+                f"rounds: {each}), mean-based {statistics.median(by_mean):.2f}x"
             )
     return lines[1:]
 
@@ -712,12 +744,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="JPEGs in the dataset")
     parser.add_argument(
-        "--batches", type=int, help="timed batches per loader (default: max(60, 10 x workers))"
+        "--batches",
+        type=int,
+        help="timed batches per loader and round (default: max(60, 10 x workers))",
     )
     parser.add_argument(
         "--warmup", type=int, help="untimed batches first (default: max(5, 2 x workers))"
     )
     parser.add_argument("--workers", type=int, default=default_workers, help="default: cores")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measure every row once per round, rounds one after another; figures are the "
+        "medians over rounds (default: 3)",
+    )
     parser.add_argument("--cache", help="keep the dataset in this folder (default: a temp dir)")
     parser.add_argument(
         "--gpu-split",
@@ -736,8 +777,8 @@ def main() -> None:
         args.warmup = max(5, 2 * args.workers)
     if args.batches is None:
         args.batches = max(60, 10 * args.workers)
-    if args.warmup < 1 or args.batches < 1 or args.images < BATCH:
-        parser.error(f"need --warmup >= 1, --batches >= 1 and --images >= {BATCH}")
+    if args.warmup < 1 or args.batches < 1 or args.rounds < 1 or args.images < BATCH:
+        parser.error(f"need --warmup, --batches and --rounds >= 1, and --images >= {BATCH}")
 
     directory = args.cache or tempfile.mkdtemp(prefix="crumpets-bench-")
     try:
@@ -748,25 +789,48 @@ def main() -> None:
         cv2.setNumThreads(1)
         n = args.workers
         reader = Reader(path)
-        ceil, one = ceiling(reader, n)
-        limit, one_limit = same_work_limit(reader, n)
         warmup, timed = args.warmup, args.batches
-        results = {
-            "ceiling": ceil,
-            "same-work limit": limit,
-            "baseline": baseline(path, n, warmup, timed, same_work=False),
-            "same-work baseline": baseline(path, n, warmup, timed, same_work=True),
-            "numpy": crumpets(path, n, warmup, timed, use_torch=False),
-            "torch": crumpets(path, n, warmup, timed, use_torch=True),
+        rows: dict[str, Callable[[], Result]] = {
+            "same-work limit": lambda: same_work_limit(reader, n),
+            "same-work baseline": lambda: baseline(path, n, warmup, timed, same_work=True),
+            "numpy": lambda: crumpets(path, n, warmup, timed, use_torch=False),
+            "torch": lambda: crumpets(path, n, warmup, timed, use_torch=True),
+            "ceiling": lambda: ceiling(reader, n),
+            "baseline": lambda: baseline(path, n, warmup, timed, same_work=False),
         }
         if args.gpu_split:
-            results["gpu split"] = crumpets(path, n, warmup, timed, use_torch=False, gpu_split=True)
-        results = {key: results[key] for key in ORDER if key in results}
+            rows["gpu split"] = lambda: crumpets(
+                path, n, warmup, timed, use_torch=False, gpu_split=True
+            )
+        order = [key for key in ORDER if key in rows]
+        # Round-robin: every row once per round, so each row's measurements are spread
+        # over the whole run rather than bunched in one stretch of it.
+        rounds = []
+        for i in range(args.rounds):
+            print(f"round {i + 1} of {args.rounds}", file=sys.stderr)
+            rounds.append({key: rows[key]() for key in order})
+        results = {key: over_rounds([r[key] for r in rounds]) for key in order}
+        one_limit = results["same-work limit"].mean / n
+        one = results["ceiling"].mean / n
         soak_lines = soak(path, n, args.soak) if args.soak else []
     finally:
         if not args.cache:
             shutil.rmtree(directory, ignore_errors=True)
 
+    rounds_text = (
+        "each row measured once"
+        if args.rounds == 1
+        else f"{args.rounds} rounds, each measuring every row once in the order of the table"
+    )
+    medians = (
+        ""
+        if args.rounds == 1
+        else f"Every figure in the table is the median over the {args.rounds} rounds of that "
+        "row's figure in each round, the peaks the largest in any round; each ratio is the "
+        "median over rounds of the ratio within each round (each round's in brackets, in "
+        "the order run; mean-based: of img/s mean), so it can differ from the ratio of the "
+        "table's figures. "
+    )
     report = [
         "# crumpets throughput",
         "",
@@ -776,17 +840,17 @@ def main() -> None:
         "",
         f"{args.images} JPEGs of about {WIDTH}x{HEIGHT} (quality {QUALITY}, cut from "
         f"scikit-image's photos) to {SIZE}x{SIZE} RGB uint8, batch {BATCH}, {n} workers; "
-        f"{args.batches} timed batches after {args.warmup} warm-up batches per loader. "
-        f"Same-work limit: one process decodes, warps and applies the pixel operations at "
-        f"{one_limit:,.0f} images/s, times {n}; ceiling: one process decodes and warps at "
-        f"{one:,.0f} images/s, times {n}.",
+        f"{args.batches} timed batches after {args.warmup} warm-up batches per loader; "
+        f"{rounds_text}. Same-work limit: one process decodes, warps and applies the pixel "
+        f"operations at {one_limit:,.0f} images/s, times {n}; ceiling: one process decodes "
+        f"and warps at {one:,.0f} images/s, times {n}.",
         "",
         *table(list(results.values())),
         "",
-        *ratios(results),
+        *ratios(rounds),
         "",
-        "img/s median: over rounds of one batch per worker (sliding), since workers hand in "
-        "batches together; mean: all timed batches over their wall time. "
+        medians + "img/s median: over groups of one batch per worker (sliding), since "
+        "workers hand in batches together; mean: all timed batches over their wall time. "
         "Main CPU: user + system time of the main process only (not its workers). RSS of "
         "children counts pages they share (libraries, the mapped dataset) once per child. "
         "/dev/shm: growth over its use before the loader started.",
