@@ -314,6 +314,42 @@ def test_colorspaces_and_gray_buffers():
     assert np.abs(gray[0, 0] - expected).mean() < 2
 
 
+@pytest.mark.parametrize("colorspace", ["rgb", "hsv"])  # into the buffer, and converted
+def test_deferred_pixels_are_the_pixels_written_at_once(colorspace):
+    def make(**kwargs):
+        return ClassificationWorker(
+            ((3, 48, 64), np.uint8),
+            ((1,), np.int64),
+            image_params={"colorspace": colorspace},
+            image_rng=AUGMENTATION_TRAIN,
+            **kwargs,
+        )
+
+    deferred, at_once = make(), make()
+    at_once.defer_pixels = False
+    assert deferred._defers() and not at_once._defers()
+    data = samples(8)
+    for a, b in zip(run(deferred, data, 2), run(at_once, data, 2), strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        assert a["augmentation"] == b["augmentation"]
+        assert a["image"].std() > 20  # photos, not background
+
+
+def test_a_prepare_that_reads_its_pixels_gets_them_written():
+    class Mean(ClassificationWorker):
+        def prepare(self, sample, batch, buffers):
+            super().prepare(sample, batch, buffers)
+            batch["mean"].append(float(buffers["image"].mean()))
+
+    worker = Mean(((3, 32, 32), np.uint8), ((1,), np.int64), image_rng=AUGMENTATION_TRAIN)
+    assert not worker._defers()  # its own prepare: the pixels are written at once
+    for batch in run(worker, samples(8), 2):
+        assert batch["mean"] == [float(image.mean()) for image in batch["image"]]
+    worker.defer_pixels = True  # a subclass's word that it reads none: not written yet
+    for batch in run(worker, samples(8), 2):
+        assert all(m != float(image.mean()) for m, image in zip(batch["mean"], batch["image"]))
+
+
 def test_workers_run_opencv_single_threaded():
     class Probe(ImageWorker):
         def prepare(self, sample, batch, buffers):

@@ -19,6 +19,7 @@ target-sized image, in that order, unless ``gpu_augmentation`` leaves them to th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -242,7 +243,7 @@ def transform_image(
     else:
         result = out
     fill = _fill(background, channels)
-    matrix = _transform_into(
+    _plan_pixels(
         src,
         source_size,
         rows,
@@ -259,7 +260,8 @@ def transform_image(
         blur,
         noise,
         noise_seed,
-    )
+    )()
+    matrix = np.array(rows)
     if out is not None:
         return out, matrix
     return (cv2.merge(list(result)) if color else result[0]), matrix
@@ -291,7 +293,7 @@ def _source(src: Any, color: bool) -> tuple[Any, tuple[int, int]]:
 _RGB_OF_RGBA = [0, 0, 1, 1, 2, 2]
 
 
-def _transform_into(
+def _plan_pixels(
     src: Any,
     source_size: tuple[int, int],
     rows: list[list[float]],
@@ -308,15 +310,21 @@ def _transform_into(
     blur: float | None,
     noise: float | None,
     noise_seed: int,
-) -> np.ndarray:
-    """:func:`transform_image` on checked arguments: the source from :func:`_source`, the
-    matrix's rows from :func:`_transform_rows`, the warp's border value (with a 0 for
-    alpha when ``color``), and ``result``, a C-contiguous uint8 (C, H, W) array that
-    receives the image. Returns the matrix."""
+) -> Callable[[], None]:
+    """:func:`transform_image` on checked arguments, in two steps: this one works out what
+    the pixel operations need (Python and numpy: the gamma table, the blur's taps, the
+    noise) and returns the second, which decodes, warps and applies them into ``result``
+    (OpenCV's calls).
+
+    ``src`` comes from :func:`_source`, ``rows`` (the matrix's) from
+    :func:`_transform_rows`; ``border`` is the warp's border value (with a 0 for alpha
+    when ``color``); ``result`` is a C-contiguous uint8 (C, H, W) array.
+
+    Workers take the first step for every sample of a batch before the second for any:
+    Python and numpy take about twice as long right after decoding and warping an image,
+    which flush their data from the caches.
+    """
     channels = len(result)
-    # What the pixel operations need (the gamma table, the blur's taps, the noise) is
-    # worked out before the decode: Python and numpy take about twice as long right
-    # after decoding and warping an image, which flush their data from the caches.
     table = taps = windows = None
     if "gamma" not in skip and (
         gamma_gray is not None or contrast or (color and gamma_color is not None)
@@ -329,27 +337,29 @@ def _transform_into(
         windows = _noise_windows(shapes, sensor_sigmas(noise, channels), noise_seed)
     matrix = np.array(rows)
     largest, scale = _singular_values(rows)
-    smallest: float | None = scale
-    im, pixel_matrix, bgr = _prepare_source(src, color, matrix, method, source_size, largest)
-    if pixel_matrix is not matrix:  # the source was reduced: other scales
-        smallest = None
-    planes = list(result)  # contiguous (H, W) views: every pixel operation runs per plane
-    if color:
-        warped = _warp(
-            _rgba(im, bgr), pixel_matrix, size, method, border, supersampling, None, smallest
-        )
-        cv2.mixChannels([warped], planes, _RGB_OF_RGBA)
-    else:
-        _warp(
-            _gray(im, bgr), pixel_matrix, size, method, border, supersampling, planes[0], smallest
-        )
-    if table is not None:
-        _gamma_chw(result, table)
-    if taps is not None:
-        _blur_with(planes, taps)
-    if windows is not None:
-        _add_noise_windows(planes, windows)
-    return matrix
+
+    def pixels() -> None:
+        smallest: float | None = scale
+        im, pixel_matrix, bgr = _prepare_source(src, color, matrix, method, source_size, largest)
+        if pixel_matrix is not matrix:  # the source was reduced: other scales
+            smallest = None
+        planes = list(result)  # contiguous (H, W) views: every pixel operation runs per plane
+        if color:
+            warped = _warp(
+                _rgba(im, bgr), pixel_matrix, size, method, border, supersampling, None, smallest
+            )
+            cv2.mixChannels([warped], planes, _RGB_OF_RGBA)
+        else:
+            gray = _gray(im, bgr)
+            _warp(gray, pixel_matrix, size, method, border, supersampling, planes[0], smallest)
+        if table is not None:
+            _gamma_chw(result, table)
+        if taps is not None:
+            _blur_with(planes, taps)
+        if windows is not None:
+            _add_noise_windows(planes, windows)
+
+    return pixels
 
 
 def rotate_and_resize(

@@ -60,7 +60,7 @@ class SampleRNG:
         self._bits = np.random.PCG64DXSM()
         self._generator = np.random.Generator(self._bits)
         self._pass: tuple[int, int] | None = None
-        self._state: dict = {}
+        self._state = self._bits.state  # the pass's, once one is set
 
     def __call__(self, seed: int, epoch: int, index: int) -> np.random.Generator:
         if self._pass != (seed, epoch):
