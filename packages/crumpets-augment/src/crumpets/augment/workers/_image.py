@@ -137,7 +137,7 @@ class ImageWorker(BufferWorker):
     pixels (decoding, warping, pixel operations) until every sample of the batch is
     prepared, when :meth:`process` writes them, one sample after another. The per-sample
     Python then runs back to back while its data is in the caches, and a worker delivers
-    about 5% more images per second. Every result is the same either way. None (the
+    5 to 8% more images per second. Every result is the same either way. None (the
     default) defers when ``prepare`` and ``prepare_image`` are crumpets' own, which read
     back no pixel they wrote; a subclass that overrides them and does not read or change
     the pixels ``prepare_image`` writes may set it True, and False never defers.
