@@ -19,6 +19,7 @@ from crumpets.augment.presets import AUGMENTATION_TRAIN, MixtureRNG
 from crumpets.augment.rng import INTERP_NEAREST, RNG
 from crumpets.augment.workers import (
     ClassificationWorker,
+    FCNWorker,
     ImageWorker,
     SegmentationWorker,
 )
@@ -314,25 +315,35 @@ def test_colorspaces_and_gray_buffers():
     assert np.abs(gray[0, 0] - expected).mean() < 2
 
 
-@pytest.mark.parametrize("colorspace", ["rgb", "hsv"])  # into the buffer, and converted
-def test_deferred_pixels_are_the_pixels_written_at_once(colorspace):
-    def make(**kwargs):
-        return ClassificationWorker(
-            ((3, 48, 64), np.uint8),
-            ((1,), np.int64),
-            image_params={"colorspace": colorspace},
-            image_rng=AUGMENTATION_TRAIN,
-            **kwargs,
-        )
+def _fcn_samples(n=8):
+    im = photo("coffee")
+    return [
+        pack({"image": encode(np.roll(im, 7 * i, axis=1)), "target_image": encode(im[:, :, 0])})
+        for i in range(n)
+    ]
 
+
+@pytest.mark.parametrize(
+    ("make", "data"),
+    [
+        (lambda: ClassificationWorker(((3, 48, 64), np.uint8), ((1,), np.int64)), samples),
+        (lambda: ImageWorker(((1, 40, 40), np.uint8)), samples),
+        (lambda: FCNWorker(((3, 32, 32), np.uint8), ((1, 32, 32), np.uint8)), _fcn_samples),
+    ],
+    ids=["classification", "gray", "fcn"],
+)
+def test_deferred_pixels_are_the_pixels_written_at_once(make, data):
     deferred, at_once = make(), make()
+    for worker in (deferred, at_once):
+        worker.image_rng = AUGMENTATION_TRAIN
     at_once.defer_pixels = False
     assert deferred._defers() and not at_once._defers()
-    data = samples(8)
-    for a, b in zip(run(deferred, data, 2), run(at_once, data, 2), strict=True):
-        np.testing.assert_array_equal(a["image"], b["image"])
+    for a, b in zip(run(deferred, data(8), 2), run(at_once, data(8), 2), strict=True):
+        for key in ("image", "target_image"):
+            if key in a:
+                np.testing.assert_array_equal(a[key], b[key])
+                assert a[key].std() > 20  # photos, not background
         assert a["augmentation"] == b["augmentation"]
-        assert a["image"].std() > 20  # photos, not background
 
 
 def test_a_prepare_that_reads_its_pixels_gets_them_written():

@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from crumpets.core.params import PIXEL_OPS
+from crumpets.core.params import NOISE_TABLE_SIZE, PIXEL_OPS
 
 from ._decoding import _decode, _reduction, decode_image, decode_opencv, image_size
 from ._geometry import (
@@ -332,9 +332,11 @@ def _plan_pixels(
         table = _round(_gamma_rows(color, gamma_gray, gamma_color, contrast, channels))
     if blur and "blur" not in skip:
         taps = _blur_taps(check_sigma(blur * size[1]))
+    noise_args = None
     if noise and "noise" not in skip:
-        shapes = [size] * channels
-        windows = _noise_windows(shapes, sensor_sigmas(noise, channels), noise_seed)
+        noise_args = ([size] * channels, sensor_sigmas(noise, channels), noise_seed)
+        if channels * size[0] * size[1] <= NOISE_TABLE_SIZE:  # windows of the table: views
+            windows = _noise_windows(*noise_args)
     matrix = np.array(rows)
     largest, scale = _singular_values(rows)
 
@@ -356,8 +358,9 @@ def _plan_pixels(
             _gamma_chw(result, table)
         if taps is not None:
             _blur_with(planes, taps)
-        if windows is not None:
-            _add_noise_windows(planes, windows)
+        if noise_args is not None:
+            # a larger image's fresh draws are made here, so a batch does not hold them all
+            _add_noise_windows(planes, _noise_windows(*noise_args) if windows is None else windows)
 
     return pixels
 

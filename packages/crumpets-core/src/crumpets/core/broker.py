@@ -119,6 +119,8 @@ class BufferWorker(Worker):
     ``self.epoch`` name the sample and ``self.rng`` is its own ``numpy.random.Generator``
     (:func:`crumpets.core.plan.sample_rng` of the loader's seed, the epoch and the sample
     index): the same sample gets the same random numbers whatever worker processes it.
+    ``self.rng`` is valid while ``prepare`` runs (the next sample resets it); keep a
+    generator that ``sample_rng`` makes instead.
 
     Each batch's rows start at their buffers' fill values, except the buffers named in
     ``self.written_in_full``: a subclass whose ``prepare`` writes every element of a

@@ -117,6 +117,12 @@ def _field(sample: dict, key: str) -> Any:
         raise KeyError(f"sample has no {key!r} field; it has {sorted(sample, key=str)}") from None
 
 
+# The prepare methods of crumpets' workers, none of which reads back a pixel that
+# prepare_image wrote: a worker whose prepare is one of them defers its pixels (see
+# ImageWorker's defer_pixels). A new worker's prepare is added where it is defined.
+_PIXEL_BLIND: set[Callable] = set()
+
+
 class ImageWorker(BufferWorker):
     """Worker for processing images of any kind.
 
@@ -137,10 +143,14 @@ class ImageWorker(BufferWorker):
     pixels (decoding, warping, pixel operations) until every sample of the batch is
     prepared, when :meth:`process` writes them, one sample after another. The per-sample
     Python then runs back to back while its data is in the caches, and a worker delivers
-    5 to 8% more images per second. Every result is the same either way. None (the
-    default) defers when ``prepare`` and ``prepare_image`` are crumpets' own, which read
-    back no pixel they wrote; a subclass that overrides them and does not read or change
-    the pixels ``prepare_image`` writes may set it True, and False never defers.
+    5 to 8% more images per second. Every result is the same either way; an error in the
+    pixels still names its sample, but comes after the batch's other samples are
+    prepared, so of two bad samples the later one may be named. None (the default)
+    defers when ``prepare`` and ``prepare_image`` are crumpets' own, which read back no
+    pixel they wrote; a subclass that overrides them and does not read or change the
+    pixels ``prepare_image`` writes may set it True, and False never defers. Images that
+    are neither JPEG nor PNG, and buffers that need a scratch image (another colour space,
+    a dtype other than uint8), are written at once: the batch would hold their pixels.
     """
 
     defer_pixels: bool | None = None
@@ -208,12 +218,8 @@ class ImageWorker(BufferWorker):
     def _defers(self) -> bool:
         if self.defer_pixels is not None:
             return self.defer_pixels
-        # crumpets' own prepare and prepare_image read back no pixel they wrote
         cls = type(self)
-        return all(
-            getattr(cls, name).__module__.startswith("crumpets.augment.")
-            for name in ("prepare", "prepare_image")
-        )
+        return cls.prepare in _PIXEL_BLIND and cls.prepare_image is ImageWorker.prepare_image
 
     def process(self, request: Request) -> dict:
         # What prepare_image needs of each buffer is worked out for the batch, not per
@@ -311,21 +317,17 @@ class ImageWorker(BufferWorker):
             get("noise"),
             get("noise_seed", 0),
         )
-        if direct:
-            pixels = transform
-        else:
-
-            def pixels() -> None:
-                transform()
-                if convert is not None:
-                    out[...] = cv2.cvtColor(cv2.merge(list(result)), convert).transpose(2, 0, 1)
-                else:
-                    out[...] = result
-
-        if self._pixels is None:
-            pixels()
-        else:
-            self._pixels.append((self.sample_index, pixels))
+        if self._pixels is not None and direct and src is im:
+            # written once every sample of the batch is prepared (see defer_pixels); not a
+            # source decoded above or a scratch image, which the batch would hold until then
+            self._pixels.append((self.sample_index, transform))
+            return used
+        transform()
+        if not direct:
+            if convert is not None:
+                out[...] = cv2.cvtColor(cv2.merge(list(result)), convert).transpose(2, 0, 1)
+            else:
+                out[...] = result
         return used
 
     def prepare_points(self, sample: dict, batch: dict, augmentation: dict, key: str) -> None:
@@ -438,3 +440,6 @@ class FCNWorker(ImageWorker):
         batch["augmentation"].append(augmentation)
         batch["target_augmentation"].append(target_augmentation)
         self.prepare_points(sample, batch, augmentation, "image")
+
+
+_PIXEL_BLIND.update((ImageWorker.prepare, ClassificationWorker.prepare, FCNWorker.prepare))
