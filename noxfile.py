@@ -112,13 +112,14 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks that print figures (never timed tests): fidelity, a worker's profile,
-    the GPU pixel kernels on CPU tensors, loader images/s, throughput against a torch
-    DataLoader baseline (writes benchmarks/results.md), and the Trainer's per-step
-    overhead."""
+    """Benchmarks that print figures (never timed tests): fidelity, a worker's profile and
+    its speed against the same-work limit, the GPU pixel kernels on CPU tensors, loader
+    images/s, throughput against a torch DataLoader baseline (writes
+    benchmarks/results.md), and the Trainer's per-step overhead."""
     install_local(session, ["core", "augment", "torch"], "scikit-image", "albumentations", "psutil")
     session.run("python", "benchmarks/fidelity.py")
     session.run("python", "benchmarks/profile_worker.py")
+    session.run("python", "benchmarks/paired_worker.py")
     session.run("python", "benchmarks/pixel_ops.py")
     session.run("crumpets", "bench", "--batches", "60", "--samples", "512", *session.posargs)
     session.run("python", "benchmarks/throughput.py", "--gpu-split")

@@ -371,7 +371,14 @@ def ceiling(reader: Reader, nworkers: int) -> Result:
 
 def same_work_limit(reader: Reader, nworkers: int, seed: int = 0) -> Result:
     """What ClassificationWorker + AUGMENTATION_TRAIN does to an image, in plain OpenCV in
-    one process, single-threaded; scaled by nworkers (see the module docstring).
+    one process, single-threaded; scaled by nworkers (see the module docstring)."""
+    name = "same-work limit: decode, warp, gamma/noise/blur (1 process x workers)"
+    return in_process(name, reader, same_work(seed), nworkers)
+
+
+def same_work(seed: int = 0) -> Callable[[bytes], None]:
+    """The same-work limit's work on one JPEG: what ClassificationWorker +
+    AUGMENTATION_TRAIN does to it, in plain OpenCV.
 
     The strengths are AUGMENTATION_TRAIN's (crumpets.augment.presets), restated here: this
     is the bar, so it shares no code with crumpets. It takes OpenCV's fastest paths, so
@@ -436,8 +443,7 @@ def same_work_limit(reader: Reader, nworkers: int, seed: int = 0) -> Result:
                 start += plane_size
                 cv2.addWeighted(plane, 1.0, window, sigma, 0.0, dst=plane, dtype=cv2.CV_8U)
 
-    name = "same-work limit: decode, warp, gamma/noise/blur (1 process x workers)"
-    return in_process(name, reader, augment, nworkers)
+    return augment
 
 
 # -- the baseline: torch DataLoader + albumentations ---------------------------------------

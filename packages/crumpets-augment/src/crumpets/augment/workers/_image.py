@@ -143,7 +143,7 @@ class ImageWorker(BufferWorker):
     pixels (decoding, warping, pixel operations) until every sample of the batch is
     prepared, when :meth:`process` writes them, one sample after another. The per-sample
     Python then runs back to back while its data is in the caches, and a worker delivers
-    5 to 8% more images per second. Every result is the same either way; an error in the
+    about 5% more images per second. Every result is the same either way; an error in the
     pixels still names its sample, but comes after the batch's other samples are
     prepared, so of two bad samples the later one may be named. None (the default)
     defers when ``prepare`` and ``prepare_image`` are crumpets' own, which read back no
