@@ -153,6 +153,115 @@ def test_resume_mid_epoch_gives_the_rest_of_the_run(shuffle):
     assert rest == full[4:]  # the rest of epoch 0, then epoch 1
 
 
+def state_after(loader, batches):
+    """The state of ``loader`` after ``batches`` batches of its first epoch (all of it if
+    ``batches`` is None), taken inside the loop as the Trainer does."""
+    with loader:
+        for iteration, _ in loader:
+            if iteration + 1 == batches:
+                return loader.state_dict()
+        return loader.state_dict()
+
+
+def samples_of(epoch_batches):
+    return sorted(i for indices, _ in epoch_batches for i in indices)
+
+
+@pytest.mark.parametrize(
+    ("settings", "names"),
+    [
+        ({"batch_size": 20}, ["batch_size"]),
+        ({"batch_size": 5}, ["batch_size"]),
+        ({"world_size": 2, "rank": 0}, ["world_size"]),
+        ({"world_size": 2, "rank": 1}, ["rank", "world_size"]),
+        ({"drop_last": True}, ["drop_last"]),
+        ({"shuffle": False}, ["shuffle"]),
+        ({"length": 50}, ["length"]),
+        ({"batch_size": 5, "drop_last": True}, ["batch_size", "drop_last"]),
+    ],
+)
+def test_resume_mid_epoch_with_other_settings_is_refused_naming_each(settings, names):
+    kwargs = {"batch_size": 10, "shuffle": True, "seed": 3, **settings}
+    state = state_after(TurboDataLoader(samples(), 10, IndexWorker(), 1, shuffle=True), 3)
+    other = TurboDataLoader(
+        samples(), kwargs.pop("batch_size"), IndexWorker(), 1, kwargs.pop("length", None), **kwargs
+    )
+    before = other.state_dict()
+    with pytest.raises(ValueError, match="loader state was taken") as info:
+        other.load_state_dict(state)
+    message = str(info.value)
+    differing = [
+        name
+        for name in ("length", "batch_size", "shuffle", "drop_last", "rank", "world_size")
+        if f"{name}=" in message
+    ]
+    assert differing == names, message
+    assert other.state_dict() == before  # nothing of the state was taken
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"batch_size": 20}, {"batch_size": 5}, {"drop_last": True}, {"shuffle": False}],
+)
+def test_resume_between_epochs_with_other_batching_continues_exactly_once(settings):
+    # the state a snapshot at the end of epoch 0 holds: every later pass is whole
+    kwargs = {"batch_size": 10, "shuffle": True, "seed": 9, **settings}
+    state = state_after(
+        TurboDataLoader(samples(), 10, IndexWorker(), 1, shuffle=True, seed=4), None
+    )
+
+    def make():
+        return TurboDataLoader(
+            samples(),
+            kwargs["batch_size"],
+            IndexWorker(),
+            2,
+            **{k: v for k, v in kwargs.items() if k != "batch_size"},
+        )
+
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert resumed.seed == 4
+    kwargs["seed"] = 4
+    assert run_epochs(resumed, 2) == run_epochs(make(), 3)[1:]  # passes 1 and 2, as planned
+
+
+def test_resume_between_epochs_on_more_ranks_gives_each_sample_once():
+    state = state_after(TurboDataLoader(samples(), 10, IndexWorker(), 1, shuffle=True), None)
+    seen = []
+    for rank in (0, 1):
+
+        def make(rank=rank):
+            return TurboDataLoader(
+                samples(),
+                10,
+                IndexWorker(),
+                1,
+                shuffle=True,
+                seed=state["seed"],
+                rank=rank,
+                world_size=2,
+            )
+
+        loader = make()
+        loader.load_state_dict(state)
+        (epoch,) = run_epochs(loader, 1)
+        assert epoch == run_epochs(make(), 2)[1]  # this rank's share of pass 1
+        seen += samples_of(epoch)
+    # pass 1 over two ranks: every sample once, and one padding sample (103 is odd)
+    assert len(seen) == 104 and sorted(set(seen)) == list(range(N))
+
+
+def test_a_state_without_settings_loads_with_a_warning():
+    state = state_after(TurboDataLoader(samples(), 10, IndexWorker(), 1), 3)
+    del state["plan"]  # as crumpets-core 0.1 wrote it
+    loader = TurboDataLoader(samples(), 10, IndexWorker(), 1)
+    with pytest.warns(UserWarning, match="settings"):
+        loader.load_state_dict(state)
+    (epoch,) = run_epochs(loader, 1)
+    assert samples_of(epoch) == list(range(30, N))
+
+
 def test_break_then_next_loop_starts_next_epoch_and_reenter():
     loader = TurboDataLoader(samples(), 10, IndexWorker(), 2, shuffle=True, seed=1)
     reference = run_epochs(

@@ -407,3 +407,137 @@ def test_killing_the_whole_process_group_leaves_nothing(start_method):
     assert not process_group(proc.pid)
     after = {n for n in os.listdir("/dev/shm") if n.startswith("crumpets_")}
     assert not after - before
+
+
+FORK_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, {tests!r})
+    from _core_workers import IndexWorker
+    from crumpets.core import TurboDataLoader, pack
+
+    loader = TurboDataLoader([pack({{"i": i}}) for i in range(200)], 10, IndexWorker(), 2)
+    with loader:
+        batches = iter(loader)
+        seen = [int(i) for i in next(batches)[1][0]["index"][:, 0]]
+        pid = os.fork()
+        if pid == 0:
+            {child}
+        _, status = os.waitpid(pid, 0)
+        seen += [int(i) for _, (mb,) in batches for i in mb["index"][:, 0]]
+    print(os.waitstatus_to_exitcode(status), sorted(seen) == list(range(200)), flush=True)
+    """
+)
+FORK_CHILDREN = {
+    # leaves the with block (stop) and runs atexit handlers (multiprocessing's among them)
+    "sys.exit": "sys.exit(0)",
+    "stop": "loader.stop(); os._exit(0)",
+    # a forked child cannot use its parent's loader: a clear error, and nothing stopped
+    "iterate": textwrap.dedent(
+        """\
+        try:
+                    next(iter(loader))
+                except RuntimeError as e:
+                    os._exit(3 if "forked" in str(e) else 4)
+                os._exit(5)"""
+    ),
+}
+
+
+@pytest.mark.parametrize("child", sorted(FORK_CHILDREN))
+def test_a_forked_child_never_stops_its_parents_workers(child):
+    script = FORK_SCRIPT.format(tests=os.path.dirname(__file__), child=FORK_CHILDREN[child])
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    code = 3 if child == "iterate" else 0
+    assert done.stdout.split() == [str(code), "True"], done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+STARTUP_SIGINT_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    sys.path.insert(0, {tests!r})
+    from _core_workers import IndexWorker
+    from _leaks import resources
+    from crumpets.core import TurboDataLoader, pack
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    samples = [pack({{"i": i}}) for i in range(100)]
+    left = set()
+    for attempt in range({tries}):
+        delay = {max_delay} * (attempt + 1) / {tries}
+        timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+        try:
+            timer.start()
+            with TurboDataLoader(samples, 10, IndexWorker(), 2) as loader:
+                time.sleep(1)  # interrupted here, if not before
+        except KeyboardInterrupt:
+            pass
+        timer.join()
+        deadline = time.monotonic() + 5
+        while resources() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        left = resources()
+        if left:  # a worker outlived its loader (or hangs on to its memory)
+            break
+    print("left", sorted(left), "after", attempt + 1, flush=True)
+    """
+)
+
+
+def test_ctrl_c_while_a_loader_starts_leaves_nothing():
+    """Ctrl-C 0 to 50 ms after `with loader:` begins: it may land between a worker's fork
+    and its being recorded, or while the sockets are made; every try must end with no
+    process, memory file or socket left, and without hanging."""
+    tests = os.path.dirname(__file__)
+    script = STARTUP_SIGINT_SCRIPT.format(tests=tests, tries=60, max_delay=0.05)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(tests)},
+    )
+    assert done.stdout.split() == ["left", "[]", "after", "60"], done.stdout + done.stderr
+
+
+def test_a_loader_iterated_from_a_second_thread_raises_and_the_first_loop_is_whole():
+    import threading
+
+    first_has_started = threading.Event()
+    second_has_tried = threading.Event()
+    errors = []
+
+    def second():
+        first_has_started.wait(10)
+        try:
+            for _ in loader:
+                pass
+        except RuntimeError as e:
+            errors.append(str(e))
+        second_has_tried.set()
+
+    loader = TurboDataLoader(SAMPLES, 10, IndexWorker(), 2)
+    with loader:
+        thread = threading.Thread(target=second)
+        thread.start()
+        seen = []
+        for _, (mb,) in loader:
+            seen += mb["index"][:, 0].tolist()
+            first_has_started.set()
+            second_has_tried.wait(10)
+        thread.join()
+    assert sorted(seen) == list(range(100))  # not cut short by the other thread
+    assert len(errors) == 1 and "another thread" in errors[0], errors
+
+
+def test_a_loaders_iterator_after_its_with_block_raises():
+    loader = TurboDataLoader(SAMPLES, 10, IndexWorker(), 2)
+    with loader:
+        batches = iter(loader)
+        next(batches)
+    with pytest.raises(RuntimeError, match="stopped"):
+        next(batches)

@@ -23,12 +23,14 @@ import os
 import signal
 import time
 import uuid
+import weakref
 from typing import Any
 
 import zmq
 
 from . import _platform
 from ._messages import Request, decode_header, encode_request, rebuild_error
+from ._signals import deferred_signals
 from ._worker_loop import run_worker
 from .shm import SharedBufferManager
 
@@ -49,8 +51,30 @@ def _death_message(index: int, proc: Any) -> str:
     return f"crumpets worker {index} (pid {proc.pid}) {how}; the batch it held is lost"
 
 
+# Dispatchers with workers, so that a process forked from this one (os.fork) can forget
+# them: they are not its children.
+_RUNNING: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+
+
+def _forget_inherited_workers() -> None:
+    # multiprocessing terminates and joins the daemonic processes it started when the
+    # interpreter exits, in a forked child too, where they are its parent's: a child that
+    # calls sys.exit would stop its parent's workers.
+    children = getattr(mp.process, "_children", None)
+    for dispatcher in list(_RUNNING):
+        if children is not None:
+            children.difference_update(dispatcher.processes)
+        dispatcher.processes = []
+
+
+os.register_at_fork(after_in_child=_forget_inherited_workers)
+
+
 class Dispatcher:
     """Starts ``nworkers`` copies of a worker template as processes, watches and stops them.
+
+    Only the process that started the workers stops them: a process forked from it
+    inherits the dispatcher without its workers.
 
     Args:
         worker_template: Worker instance; ``copy.copy`` makes one per process.
@@ -97,8 +121,11 @@ class Dispatcher:
                     name=f"crumpets-worker-{i}",
                     daemon=self.daemon,
                 )
-                proc.start()
-                self.processes.append(proc)
+                # A Ctrl-C between the fork and the append would lose the process.
+                with deferred_signals():
+                    proc.start()
+                    self.processes.append(proc)
+                    _RUNNING.add(self)
 
     def dump_stacks(self) -> None:
         """Have every live worker write its Python stack to stderr (faulthandler)."""
@@ -124,6 +151,7 @@ class Dispatcher:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Terminate all workers; kill those that do not exit within ``timeout``."""
+        _RUNNING.discard(self)
         for proc in self.processes:
             if proc.exitcode is None:
                 proc.terminate()
@@ -274,9 +302,12 @@ class Pipeline:
             raise
 
     def _open_sockets(self, work: str, result: str, bind_random: bool) -> None:
-        self._context = zmq.Context()
-        self.producer = Producer(self._context, work, bind_random)
-        self.consumer = Consumer(self._context, result, bind_random)
+        # A socket made but not yet recorded would never be closed, and zmq's term()
+        # waits for every socket: a Ctrl-C must not land in between.
+        with deferred_signals():
+            self._context = zmq.Context()
+            self.producer = Producer(self._context, work, bind_random)
+            self.consumer = Consumer(self._context, result, bind_random)
         self._poller = zmq.Poller()
         self._poller.register(self.consumer.socket, zmq.POLLIN)
 
@@ -397,16 +428,21 @@ class Pipeline:
         return not self.can_submit()
 
     def stop(self) -> None:
-        """Stop workers and close sockets. Safe to call more than once."""
-        if self.dispatcher is not None:
-            self.dispatcher.stop()
-            self.dispatcher = None
-        for end in (self.producer, self.consumer):
-            if end is not None:
-                end.close()
-        self.producer = self.consumer = None
-        if self._context is not None:
-            self._context.term()
-            self._context = None
-        self.in_flight.clear()
-        self._done.clear()
+        """Stop workers and close sockets. Safe to call more than once; a Ctrl-C meanwhile
+        is raised once all is stopped. In a process forked from the one that started the
+        pipeline it stops no worker (they are its parent's)."""
+        with deferred_signals():
+            if self.dispatcher is not None:
+                self.dispatcher.stop()
+                self.dispatcher = None
+            for end in (self.producer, self.consumer):
+                if end is not None:
+                    end.close()
+            self.producer = self.consumer = None
+            if self._context is not None:
+                # closes any socket of the context, and never waits to send (linger 0);
+                # in a forked process, pyzmq leaves the parent's sockets alone
+                self._context.destroy(linger=0)
+                self._context = None
+            self.in_flight.clear()
+            self._done.clear()

@@ -16,14 +16,17 @@ Subclasses (crumpets-torch's loader) extend three documented hooks:
 from __future__ import annotations
 
 import os
-import signal
 import threading
+import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Generator
 from typing import Any, cast
 
 import numpy as np
 
+from ._items import Items
+from ._loop import Loop
+from ._signals import SIGTERM_GUARD, deferred_signals
 from .broker import Pipeline, Worker, workers_are_forked
 from .plan import EpochPlan
 from .shm import DummyBufferManager, SharedBufferManager
@@ -39,14 +42,6 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _random_access(iterable: Any) -> bool:
-    return (
-        hasattr(iterable, "__len__")
-        and hasattr(iterable, "__getitem__")
-        and not isinstance(iterable, (Mapping, str, bytes))
-    )
-
-
 def _distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
     # torchrun and torch.distributed.launch export these for every rank.
     if rank is None and world_size is None and "RANK" in os.environ and "WORLD_SIZE" in os.environ:
@@ -54,52 +49,16 @@ def _distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int
     return (0 if rank is None else int(rank)), (1 if world_size is None else int(world_size))
 
 
-def _shutdown(pipeline: Pipeline, manager: Any) -> None:
+def _shutdown(pipeline: Pipeline, manager: Any, token: object) -> None:
     try:
-        pipeline.stop()
+        # A second Ctrl-C must not cut the cleanup short: it comes once everything stopped.
+        with deferred_signals():
+            try:
+                pipeline.stop()
+            finally:
+                manager.close()
     finally:
-        manager.close()
-        _SIGTERM.leave()
-
-
-class _SigtermGuard:
-    """While any loader runs, SIGTERM unwinds like Ctrl-C (SystemExit), so each ``with
-    loader:`` stops its workers and frees its memory. Installed when the first loader
-    starts, the previous handler restored when the last one stops, whatever the order;
-    only from the main thread, and only over the default handler (never a user's)."""
-
-    def __init__(self) -> None:
-        self.running = 0
-        self.previous: Any = None  # the handler to restore; None: not installed
-
-    def enter(self) -> None:
-        self.running += 1
-        if (
-            self.running == 1
-            and threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-        ):
-            self.previous = signal.signal(signal.SIGTERM, _raise_exit)
-
-    def leave(self) -> None:
-        self.running -= 1
-        if (
-            self.running == 0
-            and self.previous is not None
-            and threading.current_thread() is threading.main_thread()
-        ):
-            if signal.getsignal(signal.SIGTERM) is _raise_exit:  # not replaced since
-                signal.signal(signal.SIGTERM, self.previous)
-            self.previous = None
-
-
-_SIGTERM = _SigtermGuard()
-
-
-def _raise_exit(signum: int, frame: Any) -> None:
-    # Once only: should something swallow the SystemExit, a second SIGTERM terminates.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise SystemExit(128 + signum)
+        SIGTERM_GUARD.leave(token)
 
 
 class TurboDataLoader:
@@ -193,9 +152,8 @@ class TurboDataLoader:
             )
 
         self.iterable = iterable
-        self.random_access = _random_access(iterable)
-        if not self.random_access and not hasattr(iterable, "__iter__"):
-            raise TypeError(f"iterable must be iterable, got {type(iterable).__name__}")
+        self._items = Items(iterable)
+        self.random_access = self._items.random_access
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.rank, self.world_size = _distributed_defaults(rank, world_size)
@@ -221,12 +179,11 @@ class TurboDataLoader:
         self._cursor = 0  # stream index of the next batch to yield
         self._epoch_end: int | None = None  # set while an epoch is in progress
         self._seq = 0  # requests sent so far
-        self._iterator = None if self.random_access else iter(iterable)
         # A sequence that each worker can open itself (a dataset file, memory-mapped in
         # every worker): send indices, not sample bytes.
         self._workers_read = self.random_access and getattr(iterable, "read_in_workers", False)
-        self._read_pos = 0  # items taken from a plain iterator
-        self._generator: Any = None
+        self._loop: Loop | None = None
+        self._pid = os.getpid()  # the process that started the loader
         self._pipeline: Pipeline | None = None
         self._finalizer: Any = None
         self.set_length(length)
@@ -279,41 +236,6 @@ class TurboDataLoader:
         """(pass, sample indices) of batch ``b`` of the stream (see :attr:`plan`)."""
         return self.plan.batch(b)
 
-    def _items(self, p: int, indices: np.ndarray) -> list:
-        if self._workers_read:
-            return []  # the workers read these indices from their own map of the file
-        if self.random_access:
-            items = [self.iterable[i] for i in indices.tolist()]
-        else:
-            pos = p * self.length + int(indices[0])
-            if pos < self._read_pos:
-                raise ValueError(
-                    f"a plain iterator cannot go back to item {pos} (item {self._read_pos} "
-                    "was read already); load a state into a new loader with a new iterator"
-                )
-            while self._read_pos < pos:  # skip what an abandoned epoch or a resume passed
-                self._next_item(p)
-            items = [self._next_item(p) for _ in indices]
-        for item, index in zip(items, indices.tolist()):
-            if not isinstance(item, (bytes, bytearray, memoryview)):
-                raise TypeError(
-                    f"iterable item {index} is a {type(item).__name__}, not msgpack bytes; "
-                    "pack samples with msgpack.packb(sample, use_bin_type=True)"
-                )
-        return items
-
-    def _next_item(self, p: int) -> Any:
-        assert self._iterator is not None  # a plain iterator, not random access
-        try:
-            item = next(self._iterator)
-        except StopIteration:
-            raise ValueError(
-                f"iterable ran out after {self._read_pos} items, in epoch {p} of "
-                f"length={self.length}; pass a list or Reader, or itertools.cycle it"
-            ) from None
-        self._read_pos += 1
-        return item
-
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         """Start the processing pipeline."""
@@ -321,19 +243,28 @@ class TurboDataLoader:
             raise RuntimeError("loader is already started")
         specs = getattr(self.worker_template, "buffer_specs", {})
         shared = bool(self.num_buffers and specs)
-        manager = self.make_buffer_manager(shared, specs)
         max_in_flight = self.num_buffers if shared else self.num_buffers or 2 * self.nworkers
-        pipeline = Pipeline(
-            self.worker_template,
-            self.nworkers,
-            manager,
-            max_in_flight,
-            stall_timeout=self.stall_timeout,
-            source=self.iterable if self._workers_read else None,
-        )
-        # Runs on stop(), on garbage collection or at interpreter exit, whichever is first.
-        _SIGTERM.enter()
-        self._finalizer = weakref.finalize(self, _shutdown, pipeline, manager)
+        token = object()  # this start's entry in the SIGTERM guard
+        try:
+            SIGTERM_GUARD.enter(token)
+            # Ctrl-C waits until the memory is owned by the finalizer, which frees it.
+            with deferred_signals():
+                manager = self.make_buffer_manager(shared, specs)
+                pipeline = Pipeline(
+                    self.worker_template,
+                    self.nworkers,
+                    manager,
+                    max_in_flight,
+                    stall_timeout=self.stall_timeout,
+                    source=self.iterable if self._workers_read else None,
+                )
+                # Runs on stop(), on garbage collection or at interpreter exit, whichever
+                # is first.
+                self._finalizer = weakref.finalize(self, _shutdown, pipeline, manager, token)
+        except BaseException:
+            SIGTERM_GUARD.leave(token)
+            raise
+        self._pid = os.getpid()
         pipeline.start()
         self._pipeline = pipeline
 
@@ -372,9 +303,9 @@ class TurboDataLoader:
     def stop(self) -> None:
         """Stop the processing pipeline: workers, sockets and shared memory."""
         try:
-            if self._generator is not None:
-                generator, self._generator = self._generator, None
-                generator.close()
+            if self._loop is not None:
+                loop, self._loop = self._loop, None
+                loop.close(stopped=True)
         finally:
             self._pipeline = None
             if self._finalizer is not None:
@@ -399,17 +330,28 @@ class TurboDataLoader:
         self.stop()
 
     # -- iteration ------------------------------------------------------------------------
-    def __iter__(self):
+    def __iter__(self) -> Loop:
         if self._pipeline is None:
             raise RuntimeError("start the loader first: use it inside `with loader:`")
-        if self._generator is not None:
-            self._generator.close()
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                f"this loader was started in process {self._pid}; a forked process cannot "
+                "use its workers. Make and start a loader of its own in the child."
+            )
+        current = self._loop
+        if current is not None:
+            if current.thread is not threading.current_thread() and current.running():
+                raise RuntimeError(
+                    f"this loader is being iterated by another thread ({current.thread.name}); "
+                    "a loader serves one loop at a time: give each thread a loader of its own"
+                )
+            current.close()
         if self._epoch_end is None:
             self._epoch_end = self._cursor + self.epoch_iterations
-        self._generator = self._epoch(self._cursor, self._epoch_end)
-        return self._generator
+        self._loop = Loop(self._epoch(self._cursor, self._epoch_end))
+        return self._loop
 
-    def _epoch(self, start: int, end: int):
+    def _epoch(self, start: int, end: int) -> Generator[tuple[int, list], None, None]:
         pipeline = self._pipeline
         assert pipeline is not None  # __iter__ checked that the loader is started
         pipeline.discard_before(self._seq)  # results still coming belong to an old epoch
@@ -450,7 +392,8 @@ class TurboDataLoader:
         if not self.random_access:
             # a plain iterator is numbered by position in the epoch
             indices = indices.astype(np.int64)
-        items = self._items(p, indices)
+        # the workers read a file's samples from their own map of it: send indices only
+        items = [] if self._workers_read else self._items.read(p, indices, self.length)
         pipeline.submit(seq, self.seed, p, indices.tolist(), items)
 
     def _split(self, batch: dict) -> list[dict]:
@@ -478,22 +421,47 @@ class TurboDataLoader:
             "cursor": self._cursor,
             "epoch_end": self._epoch_end,
             "seed": self.seed,
+            "plan": self.plan.settings(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a :meth:`state_dict`, in the middle of an epoch if it was taken
-        there. Uses the saved seed, so shuffling and augmentation continue identically."""
+        there. Uses the saved seed, so shuffling and augmentation continue identically.
+
+        The state records the settings its position depends on (length, batch_size,
+        shuffle, drop_last, rank, world_size). Taken between epochs, it loads into a loader
+        whose settings other than length differ: that loader starts the next pass with
+        its own batches. Taken mid-epoch, it loads only with the same settings.
+
+        Raises:
+            KeyError: if the state lacks an entry.
+            ValueError: naming each setting that differs, where the position would repeat
+                or skip samples; the loader is left as it was.
+        """
         missing = {"iteration", "cursor", "epoch_end", "seed"} - set(state)
         if missing:
             raise KeyError(f"loader state lacks {sorted(missing)}")
-        if self._generator is not None:
-            self._generator.close()
-            self._generator = None
-        self._iteration = int(state["iteration"])
-        self._cursor = int(state["cursor"])
-        self._epoch_end = None if state["epoch_end"] is None else int(state["epoch_end"])
+        cursor = int(state["cursor"])
+        epoch_end = None if state["epoch_end"] is None else int(state["epoch_end"])
+        plan = self.plan
         if int(state["seed"]) != self.seed:
-            self.seed = int(state["seed"])
-            epoch_iterations = self.epoch_iterations
-            self.set_length(self.length)  # the plan shuffles with the seed
-            self.epoch_iterations = epoch_iterations
+            plan = EpochPlan(**{**plan.settings(), "seed": int(state["seed"])})
+        if state.get("plan") is None:
+            warnings.warn(
+                "the loader state records none of the settings its position depends on "
+                "(crumpets-core 0.1 wrote it so); it is loaded as if they were this loader's",
+                stacklevel=2,
+            )
+        else:
+            moved = plan.resume_at(state["plan"], cursor, epoch_end not in (None, cursor))
+            if moved != cursor:  # between epochs: the next pass, with this plan's batches
+                cursor = moved
+                epoch_end = None if epoch_end is None else cursor
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+        self._iteration = int(state["iteration"])
+        self._cursor = cursor
+        self._epoch_end = epoch_end
+        self.seed = plan.seed
+        self.plan = plan

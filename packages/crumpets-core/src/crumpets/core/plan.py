@@ -18,12 +18,17 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-__all__ = ["EpochPlan", "SampleRNG", "sample_rng"]
+__all__ = ["SETTINGS", "EpochPlan", "SampleRNG", "sample_rng"]
+
+# What a position in the stream of batches means besides the seed: a loader's state
+# records them, and resumes only where they agree or the position does not depend on them.
+SETTINGS = ("length", "batch_size", "shuffle", "drop_last", "rank", "world_size")
 
 # The stride between samples' streams: numpy's step for PCG64DXSM.jumped, 2**128 over
 # the golden ratio, odd, so the samples' streams start distinct and far apart. Spelled out
@@ -171,3 +176,46 @@ class EpochPlan:
         (where a loader resumes)."""
         for j in range(start, self.batches_per_pass):
             yield self.batch(epoch * self.batches_per_pass + j)[1]
+
+    def settings(self) -> dict[str, Any]:
+        """The :data:`SETTINGS` of this plan, as a loader's state records them."""
+        return {name: getattr(self, name) for name in SETTINGS}
+
+    def resume_at(self, saved: Mapping[str, Any], cursor: int, mid_epoch: bool) -> int:
+        """Where this plan's stream continues a stream of a plan with the ``saved``
+        settings (and this seed) that stood at batch ``cursor``.
+
+        With the same settings, that is ``cursor``. At the start of a pass (between
+        epochs), nothing of the pass was seen, so batching may change: this plan continues
+        at the start of the same pass, and every sample still comes once per pass. In the
+        middle of a pass, or with another length, no position gives each sample once.
+
+        Args:
+            saved: the other plan's :data:`SETTINGS`.
+            cursor: its position: the stream index of its next batch.
+            mid_epoch: the position lies inside an epoch the loader had begun.
+
+        Raises:
+            ValueError: naming every setting that differs, where the position cannot move.
+        """
+        differ = [name for name in SETTINGS if saved.get(name) != getattr(self, name)]
+        if not differ:
+            return cursor
+        was = ", ".join(f"{name}={saved.get(name)!r}" for name in differ)
+        now = ", ".join(f"{name}={getattr(self, name)!r}" for name in differ)
+        if "length" in differ:
+            raise ValueError(
+                f"the loader state was taken with {was}; this loader has {now}. A state "
+                "resumes only over data of the same length."
+            )
+        before = EpochPlan(seed=self.seed, **{name: saved[name] for name in SETTINGS})
+        p, j = divmod(cursor, before.batches_per_pass)
+        if j or mid_epoch:
+            raise ValueError(
+                f"the loader state was taken mid-epoch (batch {j} of "
+                f"{before.batches_per_pass} of pass {p}) with {was}; this loader has {now}. "
+                "Mid-epoch, a loader resumes only with the settings the state was taken "
+                "with; between epochs, batch_size, shuffle, drop_last, rank and world_size "
+                "may change."
+            )
+        return p * self.batches_per_pass

@@ -1,0 +1,102 @@
+"""Signals in the main process: SIGTERM that unwinds like Ctrl-C while loaders run, and
+stretches of work that a signal must not cut in two.
+
+Python runs a signal's handler in the main thread, between two bytecodes of whatever it
+is doing. A KeyboardInterrupt that lands between ``fork()`` and the line that records the
+new process loses the process: nothing stops it. :func:`deferred_signals` holds such
+handlers back while a few lines run and runs them right after, whichever thread received
+the signal (blocking the signal in this thread would not do: another thread can receive
+it, and the handler still runs here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["SigtermGuard", "deferred_signals", "SIGTERM_GUARD"]
+
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Run the block without Python's SIGINT and SIGTERM handlers cutting into it; a signal
+    that arrives meanwhile runs its handler (KeyboardInterrupt, SystemExit) once the block
+    has ended, so that what the block started is recorded and can be stopped.
+
+    Only Python-level handlers are held back (a default or ignored signal is left to the
+    kernel), and only in the main thread, the only one where they run. Keep the block
+    short: Ctrl-C waits for it.
+    """
+    if not _in_main_thread():
+        yield
+        return
+    pending: list[tuple[int, Any]] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        pending.append((signum, frame))
+
+    held = {}
+    for signum in _DEFERRED:
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            held[signum] = signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        for signum, handler in held.items():
+            if signal.getsignal(signum) is hold:  # not replaced inside the block
+                signal.signal(signum, handler)
+        for number, frame in pending:
+            run = held[signal.Signals(number)]
+            if callable(run):
+                run(number, frame)
+
+
+class SigtermGuard:
+    """While any loader runs, SIGTERM unwinds like Ctrl-C (SystemExit), so each ``with
+    loader:`` stops its workers and frees its memory. Installed when the first loader
+    starts, the previous handler restored when the last one stops, whatever the order;
+    only from the main thread, and only over the default handler (never a user's).
+
+    Loaders enter and leave with a token of their own: leaving twice, or leaving after a
+    start that was cut short before it entered, changes nothing.
+    """
+
+    def __init__(self) -> None:
+        self.running: set[int] = set()  # ids of the tokens of running loaders
+        self.previous: Any = None  # the handler to restore; None: not installed
+
+    def enter(self, token: object) -> None:
+        self.running.add(id(token))
+        if (
+            len(self.running) == 1
+            and self.previous is None
+            and _in_main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        ):
+            self.previous = signal.signal(signal.SIGTERM, _raise_exit)
+
+    def leave(self, token: object) -> None:
+        self.running.discard(id(token))
+        if not self.running and self.previous is not None and _in_main_thread():
+            if signal.getsignal(signal.SIGTERM) is _raise_exit:  # not replaced since
+                signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+
+
+def _raise_exit(signum: int, frame: Any) -> None:
+    # Once only: should something swallow the SystemExit, a second SIGTERM terminates.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(128 + signum)
+
+
+SIGTERM_GUARD = SigtermGuard()
