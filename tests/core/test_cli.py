@@ -261,3 +261,82 @@ def test_only_the_command_that_runs_is_imported(
     assert main(["heavy", "--help"]) == 0
     assert "A heavy command." in capsys.readouterr().out
     assert main(["heavy"]) == 0 and "heavy_command" in sys.modules
+
+
+def run_cli(*args):
+    """``crumpets ARGS`` in a process of its own, so that a hang cannot hang the tests."""
+    return subprocess.run(
+        [sys.executable, "-m", "crumpets.core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_pack_skips_names_that_are_not_utf8(tree, tmp_path, capsys):
+    try:
+        for name in (b"cat/caf\xe9.jpg", b"caf\xe9/a.jpg"):
+            path = os.path.join(os.fsencode(tree), name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(b"\xff\xd8")
+    except OSError:  # macOS and Windows refuse such names
+        pytest.skip("this file system refuses names that are not UTF-8")
+    assert main(["pack", str(tree), str(tmp_path / "ds"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "cat/caf\\xe9.jpg: not UTF-8" in err
+    assert "caf\\xe9: not UTF-8" in err
+    with Reader(tmp_path / "ds") as reader:
+        assert reader.keys == sorted(EXPECTED)
+    classes = msgpack.unpackb(Path(str(tmp_path / "ds.msgpack.classes")).read_bytes())
+    assert classes == ["cat", "dog"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_pack_skips_what_is_not_a_regular_file(tree, tmp_path):
+    os.mkfifo(tree / "cat" / "x.jpg")  # opening it for reading waits for a writer forever
+    os.symlink(tree / "no-such-file.jpg", tree / "dog" / "broken.jpg")
+    os.symlink(tree / "cat" / "a.jpg", tree / "dog" / "linked.jpg")  # a link to a file is fine
+    result = run_cli("pack", str(tree), str(tmp_path / "ds"), "-q")
+    assert result.returncode == 0, result.stderr
+    assert "cat/x.jpg: not a regular file" in result.stderr
+    assert "dog/broken.jpg: not a regular file" in result.stderr
+    with Reader(tmp_path / "ds") as reader:
+        assert reader.keys == sorted([*EXPECTED, "dog/linked.jpg"])
+
+
+def test_pack_skips_folders_that_link_back_into_the_tree(tree, tmp_path, capsys):
+    os.symlink(tree, tree / "loop")  # a class folder that is the root: every image twice
+    os.symlink("../cat", tree / "dog" / "cats")  # a subfolder that is another class
+    outside = make_tree(tmp_path / "outside", {"x.jpg": b"bird-x"})
+    os.symlink(outside, tree / "bird")  # a class folder kept elsewhere is packed
+    assert main(["pack", str(tree), str(tmp_path / "ds"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "loop: a link to a folder inside" in err
+    assert "dog/cats: a link to a folder inside" in err
+    with Reader(tmp_path / "ds") as reader:
+        assert reader.keys == ["bird/x.jpg", *sorted(EXPECTED)]
+    classes = msgpack.unpackb(Path(str(tmp_path / "ds.msgpack.classes")).read_bytes())
+    assert classes == ["bird", "cat", "dog"]
+
+
+def test_info_on_a_corrupt_first_record(packed, capsys):
+    data = bytearray(packed.read_bytes())
+    data[0] = 0xC1  # a byte msgpack never uses
+    packed.write_bytes(bytes(data))
+    assert main(["info", str(packed)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crumpets info: error: ") and err.count("\n") == 1, err
+    assert "record 0" in err and str(packed) in err
+
+
+@pytest.mark.parametrize(
+    "contents", [b"\xc1 garbage", b"", msgpack.packb(5), msgpack.packb({"cat": 1}), b"\x91\x01\x02"]
+)
+def test_info_on_a_garbage_classes_file(packed, capsys, contents):
+    Path(str(packed) + ".classes").write_bytes(contents)
+    assert main(["info", str(packed)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crumpets info: error: ") and err.count("\n") == 1, err
+    assert str(packed) + ".classes" in err

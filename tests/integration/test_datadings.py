@@ -9,7 +9,9 @@ photos (skimage.data), JPEG and PNG encoded, with a label and a numpy array fiel
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import warnings
 
 import numpy as np
@@ -219,3 +221,54 @@ def test_legacy_index_reads_as_datadings_reads_it(tmp_path, samples):
         with MsgpackReader(path) as reader:
             assert reader.find_index(samples[11]["key"]) == 11
             assert reader.verify_data()
+
+
+def read_in_datadings(path, samples):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with MsgpackReader(path) as reader:
+            assert len(reader) == len(samples)
+            for i, sample in enumerate(samples):
+                assert reader.find_index(sample["key"]) == i
+                assert_same_sample(reader.get(i), sample)
+            assert reader.verify_data()
+
+
+def test_a_rewritten_dataset_reads_in_datadings(tmp_path, samples):
+    path = str(tmp_path / "photos.msgpack")
+    write_with_crumpets(path, samples[:4])
+    write_with_crumpets(path, samples)
+    # The datadings layout and nothing else once the Writer is done.
+    suffixes = ["", ".filter", ".key_hashes", ".keys", ".md5", ".offsets"]
+    assert sorted(os.listdir(tmp_path)) == ["photos.msgpack" + s for s in suffixes]
+    read_in_datadings(path, samples)
+
+
+def _rewrite_and_die_half_way(path, samples):
+    """Rewrite the dataset; SIGKILL this process once two of its files are in place."""
+    real_replace, moved = os.replace, []
+
+    def replace(source, target):
+        if not str(target).endswith(".journal"):
+            moved.append(target)
+            if len(moved) == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(source, target)
+
+    os.replace = replace
+    write_with_crumpets(path, samples)
+
+
+def test_a_killed_rewrite_reads_in_datadings_once_crumpets_opened_it(tmp_path, samples):
+    path = str(tmp_path / "photos.msgpack")
+    write_with_crumpets(path, samples[:4])
+    child = multiprocessing.get_context("fork").Process(
+        target=_rewrite_and_die_half_way, args=(path, samples)
+    )
+    child.start()
+    child.join()
+    assert child.exitcode == -signal.SIGKILL
+    # Past the commit point: crumpets reads the new dataset, and moves the rest into place.
+    with Reader(path) as reader:
+        assert reader.keys == [s["key"] for s in samples]
+    read_in_datadings(path, samples)

@@ -20,6 +20,11 @@ datadings' reader also expects the three below, which it uses to look samples up
 - ``NAME.msgpack.md5``: ``md5sum`` lines, ``HEX  FILENAME``, for the data file, then
   the offsets, keys, key_hashes and filter files.
 
+crumpets adds one file of its own, which datadings ignores, and only while it replaces
+files of a dataset: ``NAME.msgpack.journal``, a msgpack map of each suffix being replaced
+(``""`` for the data file, ``".offsets"``, ...) to the temporary file, in the same folder,
+that holds its new contents (see :mod:`crumpets.core.dataset`).
+
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import os
 import re
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 import numpy as np
@@ -43,6 +48,8 @@ FILTER_SUFFIX = ".filter"
 MD5_SUFFIX = ".md5"
 # The index of datadings versions before .offsets and .keys: a map of key to offset.
 LEGACY_INDEX_SUFFIX = ".index"
+# Names the new files while a dataset's files are replaced; crumpets' own.
+JOURNAL_SUFFIX = ".journal"
 # What a Writer writes beside the data file.
 _INDEX_SUFFIXES = (OFFSETS_SUFFIX, KEYS_SUFFIX, KEY_HASHES_SUFFIX, FILTER_SUFFIX, MD5_SUFFIX)
 _OFFSET_DTYPE = np.dtype(">u8")
@@ -134,8 +141,12 @@ def _file_md5(path: str) -> str:
 
 def _read_md5_file(md5_path: str) -> dict[str, str]:
     """The ``.md5`` file as {file name: hex digest}; ValueError if a line is malformed."""
-    with open(md5_path, encoding="utf-8", errors="replace") as f:
-        lines = f.read().splitlines()
+    with open(md5_path, "rb") as f:
+        return _parse_md5(f.read(), md5_path)
+
+
+def _parse_md5(raw: bytes, md5_path: str) -> dict[str, str]:
+    lines = raw.decode("utf-8", errors="replace").splitlines()
     hashes = {}
     for number, line in enumerate(lines, 1):
         match = _MD5_LINE.fullmatch(line)
@@ -145,19 +156,21 @@ def _read_md5_file(md5_path: str) -> dict[str, str]:
     return hashes
 
 
-def _extras_problem(path: str, suffix: str, length: int) -> str | None:
-    """What is wrong with the optional index file ``path + suffix``, judged by its size and
-    header only (cheap enough for every open); None if nothing, or if it does not exist."""
+def _extras_problem(path: str, suffix: str, length: int, file: BinaryIO | None) -> str | None:
+    """What is wrong with the optional index file ``path + suffix``, opened as ``file``
+    (None: it does not exist), judged by its size and header only (cheap enough for every
+    open); None if nothing."""
+    if file is None:
+        return None
     extra = path + suffix
     try:
-        size = os.path.getsize(extra)
+        size = os.fstat(file.fileno()).st_size
         if suffix == KEY_HASHES_SUFFIX:
             expected = _SALT_SIZE + 8 * length
             if size != expected:
                 return f"size {size} bytes, expected {expected} (a salt and {length} hashes)"
         elif suffix == FILTER_SUFFIX:
-            with open(extra, "rb") as f:
-                header = f.read(_FILTER_HEADER.size)
+            header = file.read(_FILTER_HEADER.size)
             if len(header) < _FILTER_HEADER.size:
                 return f"size {size} bytes is too small for a Bloom filter"
             magic, total, capacity, _ = _FILTER_HEADER.unpack(header)
@@ -168,11 +181,9 @@ def _extras_problem(path: str, suffix: str, length: int) -> str | None:
             if capacity != max(2, length):
                 return f"a filter for {capacity} keys, but the dataset has {length}"
         elif suffix == MD5_SUFFIX:
-            hashes = _read_md5_file(extra)
+            hashes = _parse_md5(file.read(), extra)
             if os.path.basename(path) not in hashes:
                 return f"has no MD5 of {os.path.basename(path)}"
-    except FileNotFoundError:
-        return None
     except (OSError, ValueError) as e:
         return str(e)
     return None
@@ -247,9 +258,7 @@ def _check_offsets(offsets: np.ndarray, source: str, data_path: str, data_size: 
     return offsets
 
 
-def _read_offsets(offsets_path: str, data_path: str, data_size: int) -> np.ndarray:
-    with open(offsets_path, "rb") as f:
-        raw = f.read()
+def _read_offsets(raw: bytes, offsets_path: str, data_path: str, data_size: int) -> np.ndarray:
     if not raw or len(raw) % 8:
         raise ValueError(
             f"{offsets_path}: size {len(raw)} bytes is not a positive multiple of 8 "
@@ -260,10 +269,8 @@ def _read_offsets(offsets_path: str, data_path: str, data_size: int) -> np.ndarr
 
 
 def _read_legacy_index(
-    index_path: str, data_path: str, data_size: int
+    raw: bytes, index_path: str, data_path: str, data_size: int
 ) -> tuple[np.ndarray, list[Any]]:
-    with open(index_path, "rb") as f:
-        raw = f.read()
     try:
         pairs = msgpack.unpackb(raw, raw=False, object_pairs_hook=list, strict_map_key=False)
     except Exception as e:
@@ -279,12 +286,7 @@ def _read_legacy_index(
     return offsets, [key for key, _ in pairs]
 
 
-def _read_keys(keys_path: str, length: int) -> list[str] | None:
-    try:
-        with open(keys_path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return None
+def _read_keys(raw: bytes, keys_path: str, length: int) -> list[str]:
     try:
         keys = msgpack.unpackb(raw, raw=False)
     except Exception as e:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -52,27 +53,96 @@ def _error(command: str, message: str) -> int:
 # ---------------------------------------------------------------- crumpets pack
 
 
+def _warn_skipped(path: str, why: str) -> None:
+    # A name that is not UTF-8 arrives with surrogates; show its bytes as \xNN instead.
+    shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+    sys.stderr.write(f"warning: skipped {shown}: {why}\n")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept as surrogates by os.fsdecode
+        return False
+    return True
+
+
+def _overlaps(folder: str, walked: list[str]) -> bool:
+    """Whether real path ``folder`` is inside a walked folder, or holds one."""
+    return any(os.path.commonpath([folder, other]) in (folder, other) for other in walked)
+
+
 def _find_images(root: str) -> tuple[list[str], list[tuple[str, int]], int]:
-    """Walk an ImageNet-style tree: returns (classes, [(relative path, label)], skipped files)."""
-    classes = sorted(
-        entry.name
-        for entry in os.scandir(root)
-        if entry.is_dir() and not entry.name.startswith(".")
-    )
-    samples: list[tuple[str, int]] = []
+    """Walk an ImageNet-style tree: returns (classes, [(relative path, label)], skipped files).
+
+    Skipped with a warning on stderr: names that are not UTF-8 (keys are UTF-8 strings),
+    what is not a regular file (reading a named pipe waits forever) and links to folders
+    that overlap the tree or a folder walked already (their images would be packed twice,
+    or forever). Other links to folders are followed, as are links to files.
+    """
+    walked = [os.path.realpath(root)]
     skipped = 0
+
+    def folder(entry: os.DirEntry[str], relative: str) -> bool:
+        """Whether to walk the folder ``entry``."""
+        if not _is_utf8(entry.name):
+            _warn_skipped(relative, "not UTF-8")
+            return False
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            if _overlaps(target, walked):
+                _warn_skipped(
+                    relative,
+                    f"a link to a folder inside the tree (or holding it), {target}: "
+                    "its images would be packed twice",
+                )
+                return False
+            walked.append(target)
+        return True
+
+    def walk(relative: str, label: int) -> None:
+        nonlocal skipped
+        with os.scandir(os.path.join(root, relative)) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+        subfolders = []
+        for entry in entries:
+            path = f"{relative}/{entry.name}"
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                if folder(entry, path):
+                    subfolders.append(path)
+            elif os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+                skipped += 1
+            elif not _is_utf8(entry.name):
+                _warn_skipped(path, "not UTF-8")
+            elif not entry.is_file():
+                _warn_skipped(path, "not a regular file")
+            else:
+                samples.append((path, label))
+        for path in subfolders:
+            walk(path, label)
+
+    with os.scandir(root) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    classes = [
+        entry.name
+        for entry in entries
+        if entry.is_dir() and not entry.name.startswith(".") and folder(entry, entry.name)
+    ]
+    samples: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(os.path.join(root, name)):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for filename in sorted(filenames):
-                if filename.startswith("."):
-                    continue
-                if os.path.splitext(filename)[1].lower() not in IMAGE_EXTENSIONS:
-                    skipped += 1
-                    continue
-                path = os.path.relpath(os.path.join(dirpath, filename), root)
-                samples.append((path.replace(os.sep, "/"), label))
+        walk(name, label)
     return classes, samples, skipped
+
+
+def _read_image(path: str) -> bytes:
+    # Non-blocking, so that a file replaced by a named pipe since the walk cannot hang us.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return f.read()
 
 
 def _write_classes(path: str, classes: list[str]) -> None:
@@ -113,8 +183,8 @@ def run_pack(args: argparse.Namespace) -> int:
             ) as bar,
         ):
             for key, label in samples:
-                with open(os.path.join(args.dir, key), "rb") as f:
-                    writer.write({"key": key, "image": f.read(), "label": label})
+                image = _read_image(os.path.join(args.dir, key))
+                writer.write({"key": key, "image": image, "label": label})
                 bar.update()
         _write_classes(classes_path, classes)
     except OSError as e:
@@ -175,6 +245,33 @@ def _describe(value: Any) -> tuple[str, str]:
     return kind, text if len(text) <= 60 else text[:57] + "..."
 
 
+def _reason(error: Exception) -> str:
+    # msgpack's FormatError, for one, has no message: its type is the reason.
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _read_classes(path: str) -> list[str] | None:
+    """The class names in ``path`` (a msgpack list), or None if there is no such file.
+
+    Raises:
+        ValueError: the file is not a msgpack list of strings.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        classes = msgpack.unpackb(raw, raw=False)
+    except Exception as e:
+        raise ValueError(f"{path}: not a msgpack list of class names ({_reason(e)})") from e
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        raise ValueError(
+            f"{path}: expected a msgpack list of class names, found {_describe(classes)[1]}"
+        )
+    return classes
+
+
 def run_info(args: argparse.Namespace) -> int:
     """Run ``crumpets info``; see :func:`setup_info`."""
     try:
@@ -184,21 +281,28 @@ def run_info(args: argparse.Namespace) -> int:
     with reader:
         print(f"file:     {reader.path} ({os.path.getsize(reader.path)} bytes)")
         print(f"length:   {len(reader)}")
-        keys = reader.keys
+        try:
+            keys = reader.keys
+        except Exception as e:  # no .keys file, and a record that is not a dict with a key
+            return _error("info", f"{reader.path}: cannot read the keys ({_reason(e)})")
         print(f"keys:     {len(keys)}")
         shown = ", ".join(map(str, keys[: args.keys]))
         more = ", ..." if len(keys) > args.keys else ""
         print(f"first keys: {shown}{more}")
-        classes_path = reader.path + CLASSES_SUFFIX
-        if os.path.exists(classes_path):
-            with open(classes_path, "rb") as f:
-                classes = msgpack.unpackb(f.read(), raw=False)
+        try:
+            classes = _read_classes(reader.path + CLASSES_SUFFIX)
+        except (OSError, ValueError) as e:
+            return _error("info", str(e))
+        if classes is not None:
             print(
-                f"classes:  {len(classes)} ({', '.join(map(str, classes[:10]))}"
+                f"classes:  {len(classes)} ({', '.join(classes[:10])}"
                 f"{', ...' if len(classes) > 10 else ''})"
             )
         if len(reader):
-            record = reader.get(0)
+            try:
+                record = reader.get(0)
+            except Exception as e:  # whatever msgpack makes of damaged bytes
+                return _error("info", f"{reader.path}: record 0 is not msgpack ({_reason(e)})")
             if not isinstance(record, dict):
                 print(f"record 0: {_describe(record)[0]}, not a dict")
                 return 0

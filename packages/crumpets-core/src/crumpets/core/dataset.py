@@ -14,10 +14,14 @@ These three are all a :class:`Reader` needs. datadings' reader also expects
 when one is missing): :mod:`crumpets.core._index_files` gives their formats.
 
 :class:`Writer` writes all six, so datadings opens the files without warnings and
-finds samples by key; numpy arrays in records are encoded as msgpack_numpy encodes
-them (a map of ``b"nd"``, ``b"type"``, ``b"kind"``, ``b"shape"``, ``b"data"``),
-which datadings decodes and so does :class:`Reader`. A :class:`Reader` reads datasets
-written by datadings, also those of older datadings versions whose index is one
+finds samples by key. It replaces an existing dataset's files all at once (see
+:mod:`crumpets.core._replace`): meanwhile, and after a writer was killed, a
+``NAME.msgpack.journal`` file, a ``.NAME.msgpack.lock`` file and hidden
+``.NAME.msgpack*.tmp`` files may stand beside them.
+Numpy arrays in records are encoded as msgpack_numpy encodes them (a map of
+``b"nd"``, ``b"type"``, ``b"kind"``, ``b"shape"``, ``b"data"``), which datadings
+decodes and so does :class:`Reader`. A :class:`Reader` reads datasets written by
+datadings, also those of older datadings versions whose index is one
 ``NAME.msgpack.index`` file (a msgpack map of key to offset, in record order) in
 place of ``.offsets`` and ``.keys``. :func:`write_index` adds the missing index files
 to a dataset written by an earlier crumpets-core or such an older datadings.
@@ -25,11 +29,11 @@ to a dataset written by an earlier crumpets-core or such an older datadings.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import operator
 import os
-import secrets
 import warnings
 import weakref
 from collections.abc import Iterator, Mapping
@@ -48,12 +52,25 @@ from ._index_files import (
     OFFSETS_SUFFIX,
     SUFFIX,
     _extras_problem,
-    _file_md5,
     _index_files,
     _read_keys,
     _read_legacy_index,
     _read_offsets,
     verify_index_files,
+)
+from ._replace import (
+    close_all,
+    discard,
+    identity,
+    locked,
+    mark_alive,
+    new_token,
+    open_one_version,
+    recover,
+    remove_stale_temps,
+    replace_files,
+    sync,
+    temp_path,
 )
 from .shm import unpack
 
@@ -93,39 +110,6 @@ def _pack_record(sample: Mapping[str, Any]) -> bytes:
     return msgpack.packb(dict(sample), default=_encode, use_bin_type=True)
 
 
-# ---------------------------------------------------------------- index files
-
-
-def _temp_path(final: str) -> str:
-    directory, name = os.path.split(os.path.abspath(final))
-    return os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-
-
-def _discard(files: list[BinaryIO], paths: list[str]) -> None:
-    """Close ``files`` and remove ``paths``, emptying both lists."""
-    for file in files:
-        file.close()
-    files.clear()
-    for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-    paths.clear()
-
-
-def _sync(file: Any) -> None:
-    file.flush()
-    os.fsync(file.fileno())
-
-
-def _sync_close(file: Any) -> None:
-    try:
-        _sync(file)
-    finally:
-        file.close()
-
-
 # ---------------------------------------------------------------- writer
 
 
@@ -136,10 +120,12 @@ class Writer:
     ``.keys``, and the ``.key_hashes``, ``.filter`` and ``.md5`` files that datadings'
     reader uses for lookups by key (see the module's documentation for their formats).
 
-    Records go to temporary files next to ``path``, renamed into place by
-    :meth:`close` (the data file last), so a crash never leaves a half-written file
-    under the final names. Leaving a ``with`` block by an exception, or calling
-    :meth:`abort`, removes the temporary files and keeps any existing dataset.
+    Records go to a temporary file next to ``path``; :meth:`close` writes the index files
+    to temporaries too and replaces the dataset's files all at once: killed at any moment,
+    the writer leaves the previous dataset (or none) or the new one, never a mix, and a
+    :class:`Reader` opened meanwhile reads one of them in full. Leaving a ``with`` block by
+    an exception, or calling :meth:`abort`, removes the temporary files and keeps any
+    existing dataset; the next Writer of the dataset removes those a killed writer left.
 
     Args:
         path: ``NAME.msgpack``, or ``NAME`` to which ``.msgpack`` is added.
@@ -155,29 +141,30 @@ class Writer:
 
     def __init__(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
         self.path = data_path(path)
-        if not overwrite:
-            for suffix in ("", *_INDEX_SUFFIXES):
-                if os.path.exists(self.path + suffix):
-                    raise FileExistsError(
-                        f"{self.path + suffix} exists; pass overwrite=True to replace it"
-                    )
+        # Names this writer's temporaries, so a later writer can tell whether they are stale.
+        self._token = new_token()
         self._temps: list[str] = []
         self._open: list[BinaryIO] = []
         # Temporaries left behind by a Writer that was never closed are removed
         # when it is garbage collected or at interpreter exit.
-        weakref.finalize(self, _discard, self._open, self._temps)
-        self._file: BinaryIO | None = self._create_temp(self.path)
+        weakref.finalize(self, discard, self._open, self._temps, os.getpid())
+        with locked(self.path):
+            recover(self.path)
+            remove_stale_temps(self.path)
+            if not overwrite:
+                for suffix in ("", *_INDEX_SUFFIXES):
+                    if os.path.exists(self.path + suffix):
+                        raise FileExistsError(
+                            f"{self.path + suffix} exists; pass overwrite=True to replace it"
+                        )
+            self._temps.append(temp_path(self.path, self._token))
+            # "xb" creates the file with the umask's permissions, unlike tempfile.mkstemp's 0600.
+            self._file: BinaryIO | None = open(self._temps[0], "xb")
+            self._open.append(self._file)
+            mark_alive(self._file)
         self._offsets = [0]
         self._keys: dict[str, None] = {}
         self._md5 = hashlib.md5()
-
-    def _create_temp(self, final: str) -> BinaryIO:
-        temp = _temp_path(final)
-        # "xb" creates the file with the umask's permissions, unlike tempfile.mkstemp's 0600.
-        file = open(temp, "xb")
-        self._temps.append(temp)
-        self._open.append(file)
-        return file
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -218,32 +205,23 @@ class Writer:
         return len(self._keys) - 1
 
     def close(self) -> None:
-        """Finish the dataset: write the index files and rename all files into place."""
+        """Finish the dataset: write the index files and replace the dataset's files."""
         if self._file is None:
             return
         try:
-            _sync_close(self._file)
+            # The file stays open, and locked, until abort() below.
+            sync(self._file)
             self._file = None
-            renames = []
             files = _index_files(self.path, self._offsets, list(self._keys), self._md5.hexdigest())
-            for final, contents in files:
-                with self._create_temp(final) as f:
-                    f.write(contents)
-                    _sync(f)
-                renames.append((self._temps[-1], final))
-            # Data file last: once NAME.msgpack exists under its final name (and no
-            # older dataset was overwritten), its index files are complete.
-            renames.append((self._temps[0], self.path))
-            for temp, final in renames:
-                os.replace(temp, final)
-            self._temps.clear()
+            with locked(self.path):
+                replace_files(self.path, self._token, files, self._temps, {"": self._temps[0]})
         finally:
             self.abort()
 
     def abort(self) -> None:
         """Stop writing and remove the temporary files; the final files are not touched."""
         self._file = None
-        _discard(self._open, self._temps)
+        discard(self._open, self._temps, os.getpid())
 
     def __enter__(self) -> Writer:
         return self
@@ -265,8 +243,8 @@ def write_index(path: str | os.PathLike[str]) -> None:
     or ``.md5``, so datadings warns and cannot look samples up by key), or by a
     datadings version that wrote a ``.index`` file: afterwards it has every file a
     :class:`Writer` writes. The ``.md5`` file records the data file as it is now, so
-    check the dataset first if it may be damaged. Each file is written to a temporary
-    name and renamed into place; the data file is not touched.
+    check the dataset first if it may be damaged. The index files are replaced all at
+    once, as a :class:`Writer` replaces them; the data file is not touched.
 
     Args:
         path: ``NAME.msgpack``, or ``NAME`` to which ``.msgpack`` is added.
@@ -276,29 +254,38 @@ def write_index(path: str | os.PathLike[str]) -> None:
         ValueError: the dataset's offsets or keys are missing or malformed (see
             :class:`Reader`).
         TypeError: a key is not a str.
+        OSError: another process replaced the data file meanwhile.
     """
     with Reader._open_quietly(path) as reader:
         keys = reader.keys
         offsets = reader._offsets
+        # From the mapping: the very file the offsets and keys belong to.
+        data_md5 = hashlib.md5(reader._mmap if reader._mmap is not None else b"").hexdigest()
+        opened = reader._identity
     for key in keys:
         if not isinstance(key, str):
             raise TypeError(f"{reader.path}: key {key!r} is not a str")
-    files = _index_files(reader.path, offsets, keys, _file_md5(reader.path))
+    files = _index_files(reader.path, offsets, keys, data_md5)
     temps: list[str] = []
     try:
-        for final, contents in files:
-            temps.append(_temp_path(final))
-            with open(temps[-1], "xb") as f:
-                f.write(contents)
-                _sync(f)
-        for temp, (final, _) in zip(temps, files):
-            os.replace(temp, final)
-        temps.clear()
+        with locked(reader.path):
+            recover(reader.path)
+            if identity(reader.path) != opened:
+                raise OSError(
+                    errno.EBUSY,
+                    f"{reader.path} was replaced while its index was written; "
+                    "write_index again if it still needs one",
+                )
+            replace_files(reader.path, new_token(), files, temps)
     finally:
-        _discard([], temps)
+        discard([], temps, os.getpid())
 
 
 # ---------------------------------------------------------------- reader
+
+# The files a Reader opens: the data file, the index (or an old datadings' .index) and
+# datadings' optional files, checked on open.
+_READ_SUFFIXES = ("", *_INDEX_SUFFIXES, LEGACY_INDEX_SUFFIX)
 
 
 class Reader:
@@ -308,6 +295,11 @@ class Reader:
     bytes, which is what TurboDataLoader and its workers consume, so a Reader can
     be given to the loader directly (it shuffles the indices per epoch itself).
     A Reader survives pickling (the path is stored and the files re-opened) and fork.
+
+    Opening reads one version of the dataset even while another process replaces its
+    files (a :class:`Writer` with ``overwrite=True``): the previous or the new one, in
+    full, or, if the files keep changing under it, an error. A Reader that finds the files
+    of a killed writer half moved into place, and may write to the folder, moves the rest.
 
     The offsets and keys are checked when opened; a missing ``.keys`` file is allowed,
     the keys are then read from the records on first use of :attr:`keys`. Datasets of
@@ -326,6 +318,8 @@ class Reader:
         FileNotFoundError: the data file does not exist.
         ValueError: the offsets file is missing, malformed or disagrees with the
             data file's size, or the keys file does not hold one key per record.
+        OSError: (errno ``EBUSY``) the files changed every time they were opened, for
+            about a quarter of a second: another process replaces them again and again.
 
     Warns:
         UserWarning: a ``.key_hashes``, ``.filter`` or ``.md5`` file is malformed.
@@ -341,17 +335,14 @@ class Reader:
     read_in_workers = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._open(data_path(path))
-        for suffix in (KEY_HASHES_SUFFIX, FILTER_SUFFIX, MD5_SUFFIX):
-            problem = _extras_problem(self.path, suffix, len(self))
-            if problem is not None:
-                warnings.warn(
-                    f"{self.path + suffix}: {problem}. crumpets does not need this file, but "
-                    "datadings looks keys up with it; crumpets.core.dataset.write_index "
-                    "writes it again",
-                    UserWarning,
-                    stacklevel=2,
-                )
+        for suffix, problem in self._open(data_path(path), check_extras=True):
+            warnings.warn(
+                f"{self.path + suffix}: {problem}. crumpets does not need this file, but "
+                "datadings looks keys up with it; crumpets.core.dataset.write_index "
+                "writes it again",
+                UserWarning,
+                stacklevel=2,
+            )
 
     @classmethod
     def _open_quietly(cls, path: str | os.PathLike[str]) -> Reader:
@@ -360,28 +351,51 @@ class Reader:
         reader._open(data_path(path))
         return reader
 
-    def _open(self, path: str) -> None:
+    def _open(self, path: str, check_extras: bool = False) -> list[tuple[str, str]]:
+        """Open the dataset; returns the problems of its optional files, (suffix, problem)."""
         self.path = path
         self._mmap: mmap.mmap | None = None
         self._closed = False
         self._index: dict[str, int] | None = None
-        with open(self.path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        files = open_one_version(self.path, _READ_SUFFIXES)
+        try:
+            data = files[""]
+            if data is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.path)
+            st = os.fstat(data.fileno())
+            self._identity = (st.st_dev, st.st_ino)
+            size = st.st_size
             offsets_path = self.path + OFFSETS_SUFFIX
             legacy_path = self.path + LEGACY_INDEX_SUFFIX
-            if os.path.exists(offsets_path):
-                self._offsets = _read_offsets(offsets_path, self.path, size)
-                self._keys = _read_keys(self.path + KEYS_SUFFIX, len(self._offsets) - 1)
-            elif os.path.exists(legacy_path):
-                self._offsets, self._keys = _read_legacy_index(legacy_path, self.path, size)
+            offsets_file, legacy_file = files[OFFSETS_SUFFIX], files[LEGACY_INDEX_SUFFIX]
+            if offsets_file is not None:
+                self._offsets = _read_offsets(offsets_file.read(), offsets_path, self.path, size)
+                keys = files[KEYS_SUFFIX]
+                self._keys = (
+                    None
+                    if keys is None
+                    else _read_keys(keys.read(), self.path + KEYS_SUFFIX, len(self._offsets) - 1)
+                )
+            elif legacy_file is not None:
+                self._offsets, self._keys = _read_legacy_index(
+                    legacy_file.read(), legacy_path, self.path, size
+                )
             else:
                 raise ValueError(
                     f"{offsets_path} is missing: a dataset needs its offsets file (or the "
                     f".index file of older datadings versions) next to {self.path}"
                 )
+            problems = []
+            for suffix in (KEY_HASHES_SUFFIX, FILTER_SUFFIX, MD5_SUFFIX) if check_extras else ():
+                problem = _extras_problem(self.path, suffix, len(self), files[suffix])
+                if problem is not None:
+                    problems.append((suffix, problem))
             # mmap refuses empty files; an empty dataset has nothing to map.
             if size:
-                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                self._mmap = mmap.mmap(data.fileno(), 0, access=mmap.ACCESS_READ)
+        finally:
+            close_all(files)
+        return problems
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
