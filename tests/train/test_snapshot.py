@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -79,6 +82,43 @@ def test_failing_torch_save_leaves_previous_file_and_no_temp_file(tmp_path, monk
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(RuntimeError, match="disk full"):
         save(path, 2, small_net(), None)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["snap.pth"]
+
+
+class FullDisk(io.FileIO):
+    """A file on a disk with ``room`` bytes free: writes past that fail with ENOSPC, as the
+    kernel's do (an OSError without a file name)."""
+
+    room = 0
+
+    def write(self, data):
+        if self.tell() + len(memoryview(data).cast("B")) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+@pytest.mark.parametrize("room", [0, 100, 3000, -1])  # -1: all but the last byte
+def test_a_full_disk_is_enospc_naming_the_snapshot_and_keeps_the_previous_one(
+    tmp_path, monkeypatch, room
+):
+    path = tmp_path / "snap.pth"
+    save(path, 1, small_net(), None)
+    before = path.read_bytes()
+    FullDisk.room = room if room >= 0 else len(before) - 1
+
+    def full_disk_fdopen(fd, mode="r", *args, **kwargs):
+        return io.BufferedWriter(FullDisk(fd, "wb"))
+
+    monkeypatch.setattr(os, "fdopen", full_disk_fdopen)
+    with pytest.raises(OSError) as info:
+        save(path, 2, small_net(), None)
+    monkeypatch.undo()
+    # not torch's RuntimeError('... unexpected pos ...') nor the bare OSError of a failed
+    # flush, neither of which names the file
+    assert type(info.value) is OSError and info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(path)
+    assert re.search(r"No space left on device.*snap\.pth", str(info.value)), info.value
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["snap.pth"]
 
@@ -164,3 +204,16 @@ def test_resume_of_a_file_that_is_no_snapshot_says_so(tmp_path):
     torch.save(small_net().state_dict(), path)
     with pytest.raises(ValueError, match="not a snapshot written by save"):
         resume(path, small_net())
+
+
+@pytest.mark.parametrize("cut", [0, 1, 0.5, -1])  # bytes kept: a count, a fraction, all but one
+def test_resume_of_a_cut_snapshot_names_the_file_and_says_it_is_incomplete(tmp_path, cut):
+    path = tmp_path / "snap.pth"
+    save(path, 0, small_net(), None)
+    data = path.read_bytes()
+    kept = int(len(data) * cut) if isinstance(cut, float) else cut % len(data)
+    path.write_bytes(data[:kept])
+    with pytest.raises(ValueError, match="incomplete") as info:
+        resume(path, small_net())
+    assert repr(str(path)) in str(info.value) and f"{kept} bytes" in str(info.value)
+    assert info.value.__cause__ is not None  # torch's own message, for whoever digs

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 
 import pytest
 import torch
@@ -320,3 +322,50 @@ def test_torch_schedulers_with_another_step_signature_are_refused(tmp_path):
     step_lr = torch.optim.lr_scheduler.StepLR(opt, 3)
     with pytest.raises(TypeError, match=r"train_policy: the Trainer calls train_policy.step"):
         Trainer(net, opt, loss, None, step_lr, None, None, None, tmp_path, quiet=True)
+
+
+def read_only_folder(tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o500)
+    return folder
+
+
+def proc(tmp_path):
+    return "/proc"
+
+
+@pytest.mark.parametrize(
+    "unwritable",
+    [
+        pytest.param(
+            read_only_folder,
+            marks=pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permissions"),
+        ),
+        # no file can be created in /proc, even by root
+        pytest.param(
+            proc, marks=pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc")
+        ),
+    ],
+)
+def test_an_outdir_that_cannot_be_written_is_an_error_before_the_first_epoch(tmp_path, unwritable):
+    outdir = unwritable(tmp_path)
+    batches = []
+    with pytest.raises(OSError, match=re.escape(f"cannot write in outdir: {str(outdir)!r}")):
+        trainer, train, val = make(outdir)  # quiet: only the snapshot writes there
+        trainer.add_hook("train_pre_forward", lambda state, sample: batches.append(1))
+        with train, val:
+            trainer.train(1)
+    assert batches == []
+    if outdir != "/proc":
+        assert os.listdir(outdir) == []
+
+
+def test_resume_of_a_cut_snapshot_says_so(tmp_path):
+    trainer, train, val = make(tmp_path)
+    path = trainer.snapshot(0)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    again, train, val = make(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(f"snapshot {path!r} is incomplete")):
+        again.resume(path)
+    assert again.last_snapshot is None

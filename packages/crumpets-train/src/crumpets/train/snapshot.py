@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import secrets
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,8 @@ def save(
 
     Raises:
         ValueError: if kwargs uses one of the names save fills in itself.
+        OSError: if the snapshot cannot be written (a full disk is errno ENOSPC); its
+            ``filename`` is ``path``, and the file at ``path`` is unchanged.
     """
     clash = [k for k in kwargs if k in _RESERVED]
     if clash:
@@ -82,13 +85,33 @@ def save(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        raise
+        error = _os_error(exc)
+        if error is None:
+            raise
+        raise OSError(error.errno, f"{error.strerror or error}, writing snapshot", path) from exc
     _fsync_directory(directory)
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``, if any.
+
+    torch.save reports a failed write of the file as RuntimeError('... unexpected pos ...'),
+    and a write that fails at flush or close is an OSError without a file name: neither says
+    which file, and only the first in the chain says why.
+    """
+    seen = set()
+    link: BaseException | None = exc
+    while isinstance(link, Exception) and id(link) not in seen:
+        if isinstance(link, OSError):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return None
 
 
 def _fsync_directory(directory: str) -> None:
@@ -169,6 +192,20 @@ def filter_state(
     return filtered, report
 
 
+def _cut_size(path: str | os.PathLike) -> int | None:
+    """The size of ``path`` if it is empty or a zip archive (torch.save's format) whose end
+    is missing; None if it is whole, or not a file that can be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            size = os.fstat(f.fileno()).st_size
+        if len(head) < 4 or (head == b"PK\x03\x04" and not zipfile.is_zipfile(path)):
+            return size
+    except OSError:
+        pass
+    return None
+
+
 def resume(
     path: str | os.PathLike,
     model: torch.nn.Module,
@@ -193,9 +230,21 @@ def resume(
 
     Raises:
         ValueError: if strict and the model and snapshot differ (the message names the
-            differing parameters and their shapes), or if the file holds no ``model_state``.
+            differing parameters and their shapes), if the file holds no ``model_state``,
+            or if the file is incomplete (empty, or cut short before its end).
     """
-    snapshot = torch.load(path, map_location="cpu", weights_only=weights_only)
+    try:
+        snapshot = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:
+        size = _cut_size(path)
+        if size is None:
+            raise
+        # torch's own message for these is EOFError(''), EINVAL, a weights_only complaint
+        # or a miniz error, none naming the file
+        raise ValueError(
+            f"snapshot {os.fspath(path)!r} is incomplete: the file ends after {size} bytes, "
+            "before the snapshot does (cut short while it was written or copied)"
+        ) from exc
     if not isinstance(snapshot, dict) or "model_state" not in snapshot:
         found = sorted(snapshot) if isinstance(snapshot, dict) else type(snapshot).__name__
         raise ValueError(f"{os.fspath(path)!r} is not a snapshot written by save (found {found})")

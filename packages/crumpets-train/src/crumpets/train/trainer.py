@@ -19,6 +19,7 @@ import contextlib
 import inspect
 import math
 import os
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -93,6 +94,22 @@ def _check_policy(name: str, policy: Any) -> None:
         ) from None
 
 
+def _check_writable(folder: str) -> None:
+    """Create and remove a file in ``folder``, so that a folder the log and snapshots cannot
+    go to is an error before training, not at the first snapshot after an epoch. Only trying
+    tells: root ignores permission bits, and a read-only mount or /proc refuses root too.
+
+    Raises:
+        OSError: with the folder as its ``filename``.
+    """
+    probe = os.path.join(folder, f".write-test.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror}: cannot write in outdir", folder) from exc
+    os.unlink(probe)
+
+
 class Trainer:
     """Trains ``network`` one epoch, validates one epoch, and repeats.
 
@@ -118,7 +135,9 @@ class Trainer:
             None.
         train_iter: the training loader (entered by you: ``with train_iter:``).
         val_iter: the validation loader, or None.
-        outdir: folder for the log (``log.jsonl``) and snapshots; created if needed.
+        outdir: folder for the log (``log.jsonl``) and snapshots; created if needed, and
+            checked by writing a file there (unless nothing is written: quiet, and no
+            snapshots or not rank 0).
         val_loss: loss for validation; default ``loss``.
         val_metric: metric for validation; default ``metric``.
         snapshot_interval: epochs between snapshots; 0 or None for none.
@@ -130,6 +149,7 @@ class Trainer:
             non-finite loss and the progress bar's values (also read at each epoch's end).
 
     Raises:
+        OSError: here, if ``outdir`` cannot be created or written.
         FloatingPointError: from training or validation, at the first read after a
             non-finite loss; it names the phase, epoch and iteration of the first one.
 
@@ -206,6 +226,7 @@ class Trainer:
         writes = not self.quiet or (self.snapshot_interval and self.rank == 0)
         if writes:
             os.makedirs(self.outdir, exist_ok=True)
+            _check_writable(self.outdir)
         self.logger = (
             SilentLogger()
             if self.quiet
