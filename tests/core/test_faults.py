@@ -3,6 +3,7 @@ behind (the autouse fixture in conftest checks processes, /dev/shm and ipc socke
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -447,13 +448,24 @@ FORK_CHILDREN = {
 @pytest.mark.parametrize("child", sorted(FORK_CHILDREN))
 def test_a_forked_child_never_stops_its_parents_workers(child):
     script = FORK_SCRIPT.format(tests=os.path.dirname(__file__), child=FORK_CHILDREN[child])
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    # its own process group, so that a child that hangs goes with it
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    assert done.returncode == 0, done.stderr
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == 0, err
     code = 3 if child == "iterate" else 0
-    assert done.stdout.split() == [str(code), "True"], done.stderr
-    assert "Traceback" not in done.stderr, done.stderr
+    assert out.split() == [str(code), "True"], err
+    assert "Traceback" not in err, err
 
 
 STARTUP_SIGINT_SCRIPT = textwrap.dedent(
