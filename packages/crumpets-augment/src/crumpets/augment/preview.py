@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         return error(f"cannot read {args.image}: {e.strerror or e}")
     try:
         grid = preview_grid(data, args.size, args.preset, args.draws, args.seed)
-    except (ValueError, cv2.error) as e:
+    except (ValueError, MemoryError, cv2.error) as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         return error(f"{args.image}: {message}")
     try:

@@ -21,6 +21,7 @@ from crumpets.core.broker import BufferWorker, Request
 from crumpets.core.params import OUTPUT_KEYS, PARAMS, PIXEL_OPS, check_params, enabled_ops
 from crumpets.core.plugins import entry_point_names
 
+from .._decoding import MAX_PIXELS, check_max_pixels
 from .._geometry import OUTSIDE, _transform_rows, map_boxes, map_keypoints
 from ..augmentation import _fill, _plan_pixels, _source
 from ..rng import RNG, NoRNG
@@ -136,6 +137,12 @@ class ImageWorker(BufferWorker):
         outside: what happens to keypoints that leave the image: 'drop' them (their
             original indices are in ``batch['keypoints_index']``) or 'clip' them to the
             border. Boxes are always clipped; with 'drop', boxes left with no area go.
+        max_pixels: refuse an encoded image whose header claims more pixels than this
+            (a ``ValueError`` naming the sample and the size), before decoding it: a small
+            file can claim a huge image (a decompression bomb). The default is Pillow's
+            limit, 89,478,485 pixels (256 MiB as RGB); None decodes any size. The size is
+            read from JPEG, PNG, WebP, BMP, GIF and TIFF headers; other formats are left to
+            OpenCV's own limit (``OPENCV_IO_MAX_IMAGE_PIXELS``, 2**30 pixels by default).
         **kwargs: passed to :class:`crumpets.core.broker.BufferWorker`
             (e.g. ``gpu_augmentation``).
 
@@ -161,9 +168,11 @@ class ImageWorker(BufferWorker):
         image_params: dict | None = None,
         image_rng: RNG | None = None,
         outside: str = "drop",
+        max_pixels: int | None = MAX_PIXELS,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.max_pixels = check_max_pixels(max_pixels)
         self.add_buffer("image", image)
         self._check_image_buffer("image")
         self.written_in_full.add("image")  # prepare_image writes every pixel
@@ -277,7 +286,7 @@ class ImageWorker(BufferWorker):
         direct = convert is None and out.dtype == np.uint8 and out.flags.c_contiguous
         result = out if direct else np.empty(target.shape, np.uint8)
         get = params.get
-        src, source_size = _source(im, channels == 3)
+        src, source_size = _source(im, channels == 3, self.max_pixels)
         rows = _transform_rows(
             source_size,
             target.size,
