@@ -5,12 +5,10 @@ shear, rotation and shift into one 2x3 matrix that maps source pixel coordinates
 target pixel coordinates (pixel centres at integers). The same matrix maps keypoints
 and boxes, and is returned with every sample.
 
-Speed and fidelity. Before the warp the source is brought close to the target's scale
-cheaply: JPEGs are decoded at 1/2, 1/4 or 1/8 scale by libjpeg (``IMREAD_REDUCED_*``),
-other images are area-averaged by an integer factor. What is left of a downscale is done
-by warping to a k-times larger image and area-averaging it by k (supersampling), and
-only where bilinear sampling would alias. The matrix is adjusted for each step, so the
-returned one always refers to the original image.
+Speed and fidelity. The warp is antialiased where it shrinks the image (the source
+shrunk cheaply by a whole factor first, JPEGs as they are decoded, then supersampled), and
+a target pixel whose centre maps into the source takes only source pixels: see
+:mod:`crumpets.augment._warp`. The matrix returned always refers to the original image.
 
 Pixel operations (gamma, color, contrast via one lookup table; blur; noise) follow on the
 target-sized image, in that order, unless ``gpu_augmentation`` leaves them to the GPU.
@@ -18,7 +16,6 @@ target-sized image, in that order, unless ``gpu_augmentation`` leaves them to th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,17 +24,24 @@ import numpy as np
 
 from crumpets.core.params import NOISE_TABLE_SIZE, PIXEL_OPS
 
-from ._decoding import _decode, _reduction, decode_image, decode_opencv, image_size
+from ._decoding import (
+    MAX_PIXELS,
+    _decode,
+    check_pixels,
+    decode_image,
+    decode_opencv,
+    image_size,
+)
 from ._geometry import (
     SCALE_MODES,
     _singular_values,
-    _then,
     _transform_rows,
     calc_scale_ratio,
     make_transform,
     map_boxes,
     map_keypoints,
 )
+from ._warp import plan_warp, prepare_source, warp
 from .augmentation_cpu import (
     _add_noise_windows,
     _blur_taps,
@@ -64,51 +68,6 @@ __all__ = [
     "transform_image",
 ]
 
-# Supersampling more than 4x4 per pixel costs much and adds nothing visible.
-_MAX_SUPERSAMPLING = 4
-
-
-def _warp(
-    im: np.ndarray,
-    matrix: np.ndarray,
-    target_size: tuple[int, int],
-    method: int,
-    border: tuple[float, ...],
-    supersampling: int,
-    dst: np.ndarray | None = None,
-    smallest: float | None = None,
-) -> np.ndarray:
-    """One warpAffine to target_size, supersampled k x k where downscaling would alias.
-
-    ``smallest``: the matrix's smallest scale (:func:`_singular_values`), when known.
-    """
-    th, tw = target_size
-    if supersampling == 0:
-        # Bilinear sampling aliases only below half scale; the source was already brought
-        # near the target's scale, so this is rare (strong aspect or shear).
-        if smallest is None:
-            smallest = _singular_values(matrix)[1]
-        supersampling = (
-            1 if smallest >= 0.5 or not smallest else min(_MAX_SUPERSAMPLING, round(1 / smallest))
-        )
-    k = 1 if method == cv2.INTER_NEAREST else supersampling
-    if k == 1:
-        return cv2.warpAffine(
-            im,
-            matrix,
-            (tw, th),
-            dst=dst,
-            flags=method,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=border,
-        )
-    # a target pixel averages a k x k block whose centres are k*x + (k-1)/2
-    up = np.array([[k, 0.0, (k - 1) / 2], [0.0, k, (k - 1) / 2]]) @ np.vstack([matrix, [0, 0, 1]])
-    big = cv2.warpAffine(
-        im, up, (tw * k, th * k), flags=method, borderMode=cv2.BORDER_CONSTANT, borderValue=border
-    )
-    return cv2.resize(big, (tw, th), dst=dst, interpolation=cv2.INTER_AREA)
-
 
 def _fill(background: Any, channels: int) -> tuple[float, ...]:
     """The background as one value per channel (a single number fills every channel)."""
@@ -118,64 +77,6 @@ def _fill(background: Any, channels: int) -> tuple[float, ...]:
     if len(values) != channels:
         raise ValueError(f"background needs 1 or {channels} values, got {background!r}")
     return tuple(float(v) for v in values)
-
-
-def _prepare_source(
-    src: Any,
-    color: bool,
-    matrix: np.ndarray,
-    method: int,
-    size: tuple[int, int] | None = None,
-    largest: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Decode (or take) the source, reduced toward the target's scale.
-
-    ``largest``: the matrix's largest scale (:func:`_singular_values`), when known.
-
-    Returns the pixels, the matrix for them (``matrix`` itself when unchanged), and
-    whether they are in BGR order.
-    """
-    nearest = method == cv2.INTER_NEAREST  # labels must not be blended
-    if largest is None:
-        largest = _singular_values(matrix)[0]
-    if isinstance(src, np.ndarray):
-        im, bgr, reduce = src, False, 1
-    else:
-        data = bytes(src) if not isinstance(src, bytes) else src
-        if size is None:  # callers that parsed the header pass its size
-            size = image_size(data)
-        if size is not None and data[:2] == b"\xff\xd8" and not nearest and largest > 0:
-            h, w = size
-            reduce = _reduction(size, math.ceil(h * largest), math.ceil(w * largest))
-            im = _decode(data, color, reduce)
-        else:
-            im, reduce = _decode(data, color), 1
-        bgr = im.ndim == 3
-    if reduce > 1:
-        return im, _then(np.vstack([matrix, [0, 0, 1]]), reduce, reduce)[:2], bgr
-    factor = int(1 / largest) if largest > 0 else 1
-    if factor >= 2 and not nearest:
-        h, w = im.shape[:2]
-        size = (max(1, round(w / factor)), max(1, round(h / factor)))
-        im = cv2.resize(im, size, interpolation=cv2.INTER_AREA)
-        matrix = _then(np.vstack([matrix, [0, 0, 1]]), w / size[0], h / size[1])[:2]
-    return im, matrix, bgr
-
-
-def _gray(im: np.ndarray, bgr: bool) -> np.ndarray:
-    if im.ndim == 3 and im.shape[2] == 1:
-        return im[:, :, 0]
-    if im.ndim == 3:
-        return cv2.cvtColor(im, cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
-    return im
-
-
-def _rgba(im: np.ndarray, bgr: bool) -> np.ndarray:
-    # warpAffine has SIMD paths for 1 and 4 channels: warping RGBA costs less than half of
-    # warping RGB, far more than this conversion of the (already reduced) source.
-    if im.ndim == 2 or im.shape[2] == 1:
-        return cv2.cvtColor(im, cv2.COLOR_GRAY2RGBA)
-    return cv2.cvtColor(im, cv2.COLOR_BGR2RGBA if bgr else cv2.COLOR_RGB2RGBA)
 
 
 def transform_image(
@@ -201,6 +102,7 @@ def transform_image(
     supersampling: int = 0,
     skip: frozenset[str] = frozenset(),
     out: np.ndarray | None = None,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode (if bytes), warp and apply pixel operations; the workers' workhorse.
 
@@ -213,6 +115,9 @@ def transform_image(
             :data:`crumpets.core.params.PIXEL_OPS` ('gamma', 'blur', 'noise').
         out: optional C-contiguous uint8 array (C, H, W), C 3 if ``color`` else 1, to
             write the result into as planes (a worker's buffer).
+        max_pixels: refuse encoded images whose header claims more pixels than this,
+            before decoding them (Pillow's limit by default, about 89 million); None
+            decodes any size.
         others: see :func:`randomize_image`.
 
     Returns:
@@ -222,7 +127,7 @@ def transform_image(
     method = cv2.INTER_LINEAR if interp_method is None else int(interp_method)
     if not skip <= PIXEL_OPS.keys():
         raise ValueError(f"skip must name pixel operations {list(PIXEL_OPS)}, got {sorted(skip)}")
-    src, source_size = _source(src, color)
+    src, source_size = _source(src, color, max_pixels)
     rows = _transform_rows(
         source_size, size, angle, scale, aspect, shift, hmirror, vmirror, shear, scale_mode
     )
@@ -267,9 +172,14 @@ def transform_image(
     return (cv2.merge(list(result)) if color else result[0]), matrix
 
 
-def _source(src: Any, color: bool) -> tuple[Any, tuple[int, int]]:
+def _source(
+    src: Any, color: bool, max_pixels: int | None = MAX_PIXELS
+) -> tuple[Any, tuple[int, int]]:
     """Check an image argument: encoded bytes or a uint8 array. Return it (decoded when it
-    is neither JPEG nor PNG, whose sizes the header gives) and its (height, width)."""
+    is neither JPEG nor PNG, whose sizes the header gives) and its (height, width).
+
+    Encoded images whose header claims more than ``max_pixels`` pixels are refused
+    (:func:`check_pixels`) before anything is decoded."""
     if isinstance(src, np.ndarray):
         if src.dtype != np.uint8 or not (src.ndim == 2 or src.ndim == 3 and src.shape[2] in (1, 3)):
             raise ValueError(
@@ -278,6 +188,7 @@ def _source(src: Any, color: bool) -> tuple[Any, tuple[int, int]]:
         source_size = src.shape[:2]
     elif isinstance(src, (bytes, bytearray, memoryview)):
         source_size = image_size(src)
+        check_pixels(src, max_pixels, source_size)
     else:
         raise TypeError(f"image must be encoded bytes or a uint8 array, got {type(src).__name__}")
     if source_size is None:  # neither JPEG nor PNG: decode to learn the size
@@ -337,23 +248,16 @@ def _plan_pixels(
         noise_args = ([size] * channels, sensor_sigmas(noise, channels), noise_seed)
         if channels * size[0] * size[1] <= NOISE_TABLE_SIZE:  # windows of the table: views
             windows = _noise_windows(*noise_args)
-    matrix = np.array(rows)
-    largest, scale = _singular_values(rows)
+    plan = plan_warp(np.array(rows), source_size, method, supersampling, _singular_values(rows))
 
     def pixels() -> None:
-        smallest: float | None = scale
-        im, pixel_matrix, bgr = _prepare_source(src, color, matrix, method, source_size, largest)
-        if pixel_matrix is not matrix:  # the source was reduced: other scales
-            smallest = None
+        im = prepare_source(src, color, plan, source_size)
         planes = list(result)  # contiguous (H, W) views: every pixel operation runs per plane
         if color:
-            warped = _warp(
-                _rgba(im, bgr), pixel_matrix, size, method, border, supersampling, None, smallest
-            )
+            warped = warp(im, plan, size, method, border)
             cv2.mixChannels([warped], planes, _RGB_OF_RGBA)
         else:
-            gray = _gray(im, bgr)
-            _warp(gray, pixel_matrix, size, method, border, supersampling, planes[0], smallest)
+            warp(im, plan, size, method, border, planes[0])
         if table is not None:
             _gamma_chw(result, table)
         if taps is not None:
@@ -384,10 +288,10 @@ def rotate_and_resize(
     matrix = make_transform(
         im.shape[:2], target_size, angle, scale, aspect, shift, hmirror, vmirror, shear, scale_mode
     )
-    src, pixel_matrix, _ = _prepare_source(im, im.ndim == 3, matrix, method)
-    fill = _fill(background, 1 if src.ndim == 2 else src.shape[2])
-    th, tw = target_size
-    return _warp(src, pixel_matrix, (th, tw), method, fill, supersampling)
+    plan = plan_warp(matrix, im.shape[:2], method, supersampling)
+    src = prepare_source(im, None, plan)
+    fill = _fill(background, src.shape[2] if src.ndim == 3 else 1)
+    return warp(src, plan, target_size, method, fill)
 
 
 def randomize_image(
@@ -438,7 +342,9 @@ def randomize_image(
         shear: gradient of the horizontal edges; 0 keeps them horizontal.
         is_rgb: ``im`` is RGB (else BGR); gamma_color is always (r, g, b).
         scale_mode: 'shortest' (fill, crop the rest) or 'longest' (fit, pad).
-        supersampling: k x k samples per pixel; 0 chooses where downscaling aliases.
+        supersampling: k x k samples per pixel; 0 chooses by how much the geometry
+            shrinks the image: one down to 1.8x, 2x2 (after shrinking the source by a
+            whole factor, cheaply) below.
         gpu_augmentation: leave gamma, blur and noise to the GPU Randomizer.
         do_rotate_and_resize: False skips the geometric part (the image must already
             have the target size).
