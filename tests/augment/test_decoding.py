@@ -116,9 +116,17 @@ def run_bomb(tmp_path, data: bytes, limit: str, cap: int) -> dict:
     return report
 
 
+def with_stray_byte(data: bytes) -> bytes:
+    """A stray byte between the JPEG's first two segments: libjpeg skips it (with a
+    warning), so the header must be read past it too."""
+    after_app0 = 4 + (data[4] << 8 | data[5])
+    return data[:after_app0] + b"\x00" + data[after_app0:]
+
+
 BOMBS = {
     "jpeg": lambda: jpeg_bomb(False),
     "progressive-jpeg": lambda: jpeg_bomb(True),
+    "jpeg-with-a-stray-byte": lambda: with_stray_byte(jpeg_bomb(False)),
     "png": png_bomb,
 }
 
@@ -300,3 +308,14 @@ def test_end_marker_inside_an_exif_thumbnail_is_not_the_end():
         decode_opencv(data[:thumbnail_end], True)
     with pytest.raises(ValueError, match="truncated JPEG"):
         decode_opencv(data[:thumbnail_end] + b"trailer", True)
+
+
+def test_a_jpeg_whose_header_gives_no_size_is_not_decoded_to_learn_it():
+    # no frame header (SOF) before the data ends: the size cannot be checked
+    data = bytearray(jpeg_bomb(False))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 1] = 0xFE  # the frame header becomes a comment
+    with pytest.raises(ValueError, match="gives no image size"):
+        decode_image(bytes(data), True)
+    with pytest.raises(ValueError, match="gives no image size"):
+        transform_image(bytes(data), (8, 8))

@@ -21,8 +21,9 @@ OpenCV version (``GOLDEN_PIXELS``, ``GOLDEN_PIXELS_DEFAULT_RNG``) and checked wh
 inputs encode to the same bytes and OpenCV is a version with digests; elsewhere skipped,
 saying why. Both pixel sets are of the code that antialiased every downscale from 1.8x
 (the source shrunk to 2x-4x the target's scale, then 2x2 samples) and gave target pixels
-whose centres map into the source only source pixels, the source's edge repeated a few
-pixels outward before the warp (issue 20, items 7 and 8): every pixel digest changed then.
+whose centres map into the source only source pixels and the others the background (the
+source's edge repeated a few pixels outward before the warp, its coverage carried in the
+alpha channel; issue 20, items 7 and 8): every pixel digest changed then.
 Digests of OpenCV 5.0.0 were of the code before that, and could not be made again where
 that change was made (OpenCV 5.1.0 only): add a version's digests with
 ``python tests/augment/test_seeded_golden.py``.
@@ -65,18 +66,18 @@ GOLDEN_DEFAULT_RNG = {
 # OpenCV version: {case: sha256 of the buffers}
 GOLDEN_PIXELS = {
     "5.1.0": {
-        "train-224": "c65461af62af251f6467551e0db0bf756270d3beb246c74e3080e78b0e75b38d",
-        "all-96x128": "3e8f37c678347fb78c004f41ffd9c03b9e7c27ddc572f43f898cd99bf34a58ef",
-        "gpu-split-64": "c30550e49934cd57353d0a36421e09d874a6b93671bd98cf579be5f06cbfde15",
-        "fcn-64": "eaaf40245d1df1131aebaea4573d7e5ed6f8266f2b4e0c66d85f262802c2fc86",
+        "train-224": "561d8a97c7532e57461210775f0debff70bcecb896d50b539bc0b11a92d834af",
+        "all-96x128": "6b1429a5e560169d6e260722e5237e8382f18d011a3ffa82c6937f09d3840114",
+        "gpu-split-64": "e8505524750acc44268ccce2176cae52fb314310dcbc008f06715f2b81a2867f",
+        "fcn-64": "ee867bff75a1ad8bd084c9bf3dcf30dea3cd078d4293d19f60af62eb80116932",
     },
 }
 GOLDEN_PIXELS_DEFAULT_RNG = {
     "5.1.0": {
-        "train-224": "50c81006487d27ee41247ad8837c7a64507c98f51505ca750c88cac3ffc2a8f0",
-        "all-96x128": "83b9b7407740185ed418704fbb7a3a99a4e9392e9a3ef9137c8ec0bffeb6be03",
-        "gpu-split-64": "b6e53e217cee8dc9a5aaa4893db3aa17640d44a84840a5e6e0c5fac14f7981b6",
-        "fcn-64": "05ff85096ab6a792b7c37e13a97155112fa9a891df39e85fe04bc575b8c94c23",
+        "train-224": "a492a36b512cc2fe33f68622eb5d3f1a6823df76fbe64c655fd6fd3ae7e72535",
+        "all-96x128": "e4458fac225c21cbaa8dbbc308e29d48024bab49b8cdb378925f20155b02543f",
+        "gpu-split-64": "7a8793e15b139e98269bbfb02467857b4bb79ed08eef713986338e31628d599a",
+        "fcn-64": "2f29a590486e637e368754ae56eef215f41f3a5ab6e7490e27f376b13ee994eb",
     },
 }
 

@@ -61,15 +61,16 @@ class SuicideWorker(IndexWorker):
 
 
 class StuckWorker(IndexWorker):
-    """Never finishes sample index ``stuck_at``."""
+    """Never finishes sample index ``stuck_at`` (or only after ``seconds``)."""
 
-    def __init__(self, stuck_at, **kwargs):
+    def __init__(self, stuck_at, seconds=3600, **kwargs):
         super().__init__(**kwargs)
         self.stuck_at = stuck_at
+        self.seconds = seconds
 
     def prepare(self, sample, batch, buffers):
         if sample["i"] == self.stuck_at:
-            time.sleep(3600)
+            time.sleep(self.seconds)
         super().prepare(sample, batch, buffers)
 
 

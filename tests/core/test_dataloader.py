@@ -173,7 +173,7 @@ def samples_of(epoch_batches):
         ({"batch_size": 20}, ["batch_size"]),
         ({"batch_size": 5}, ["batch_size"]),
         ({"world_size": 2, "rank": 0}, ["world_size"]),
-        ({"world_size": 2, "rank": 1}, ["rank", "world_size"]),
+        ({"world_size": 2, "rank": 1}, ["world_size"]),
         ({"drop_last": True}, ["drop_last"]),
         ({"shuffle": False}, ["shuffle"]),
         ({"length": 50}, ["length"]),
@@ -250,6 +250,21 @@ def test_resume_between_epochs_on_more_ranks_gives_each_sample_once():
         seen += samples_of(epoch)
     # pass 1 over two ranks: every sample once, and one padding sample (103 is odd)
     assert len(seen) == 104 and sorted(set(seen)) == list(range(N))
+
+
+def test_a_mid_epoch_state_of_rank_0_resumes_on_every_rank():
+    # the Trainer writes snapshots on rank 0 only; every rank loads them
+    def make(rank):
+        return TurboDataLoader(
+            samples(), 10, IndexWorker(), 1, shuffle=True, seed=5, rank=rank, world_size=2
+        )
+
+    state = state_after(make(0), 2)
+    for rank in (0, 1):
+        resumed = make(rank)
+        resumed.load_state_dict(state)
+        (rest,) = run_epochs(resumed, 1)
+        assert rest == run_epochs(make(rank), 1)[0][2:]  # this rank's batches from the third
 
 
 def test_a_state_without_settings_loads_with_a_warning():

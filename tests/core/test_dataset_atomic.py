@@ -254,3 +254,39 @@ def test_a_reader_that_never_sees_the_files_hold_still_says_so(tmp_path, monkeyp
         Reader(path)
     assert path in str(caught.value)
     assert caught.value.errno == errno.EBUSY
+
+
+@pytest.mark.parametrize("error", [errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS])
+def test_a_file_system_without_locks_still_takes_a_dataset(tmp_path, monkeypatch, error):
+    # Lustre without -o flock, some FUSE and CIFS mounts: flock fails; writing goes on
+    # without locks, as on a system without fcntl
+    def no_locks(fd, operation):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(_replace.fcntl, "flock", no_locks)
+    for contents in ("old", "new"):
+        path = str(tmp_path / "ds.msgpack")
+        with Writer(path, overwrite=True) as writer:
+            for i in range(5):
+                writer.write({"key": f"{contents}{i}", "x": i})
+        with Reader(path) as reader:
+            assert reader.keys == [f"{contents}{i}" for i in range(5)]
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        f"ds.msgpack{s}" for s in ("", ".offsets", ".keys", ".key_hashes", ".filter", ".md5")
+    )
+
+
+def test_a_reader_sent_after_its_dataset_was_replaced_refuses_to_read_the_new_one(tmp_path):
+    # a spawned worker unpickles the Reader by path: it must not mix the main process's
+    # length and keys with another version's records
+    import pickle
+
+    path = str(tmp_path / "ds.msgpack")
+    write(path, make_version("a", 5))
+    with Reader(path) as reader:
+        sent = pickle.dumps(reader)
+        write(path, make_version("b", 7), overwrite=True)
+        with pytest.raises(ValueError, match="replaced since it was opened"):
+            pickle.loads(sent)
+    with pickle.loads(pickle.dumps(Reader(path))) as again:  # the new version, whole
+        assert len(again) == 7

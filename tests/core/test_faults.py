@@ -516,34 +516,51 @@ def test_ctrl_c_while_a_loader_starts_leaves_nothing():
     assert done.stdout.split() == ["left", "[]", "after", "60"], done.stdout + done.stderr
 
 
-def test_a_loader_iterated_from_a_second_thread_raises_and_the_first_loop_is_whole():
+def test_a_second_thread_that_iterates_meanwhile_ends_the_first_loop_loudly():
+    # the first loop is between batches: the second thread's loop is a whole epoch, and
+    # the first loop's next batch is a RuntimeError, never a silently shortened epoch
     import threading
 
-    first_has_started = threading.Event()
-    second_has_tried = threading.Event()
-    errors = []
-
-    def second():
-        first_has_started.wait(10)
-        try:
-            for _ in loader:
-                pass
-        except RuntimeError as e:
-            errors.append(str(e))
-        second_has_tried.set()
-
     loader = TurboDataLoader(SAMPLES, 10, IndexWorker(), 2)
+    second = []
+
+    def iterate():
+        second.extend(i for _, (mb,) in loader for i in mb["index"][:, 0].tolist())
+
     with loader:
-        thread = threading.Thread(target=second)
+        first = iter(loader)
+        next(first)
+        thread = threading.Thread(target=iterate)
         thread.start()
-        seen = []
-        for _, (mb,) in loader:
-            seen += mb["index"][:, 0].tolist()
-            first_has_started.set()
-            second_has_tried.wait(10)
         thread.join()
-    assert sorted(seen) == list(range(100))  # not cut short by the other thread
-    assert len(errors) == 1 and "another thread" in errors[0], errors
+        with pytest.raises(RuntimeError, match="ended by a newer loop"):
+            next(first)
+    assert sorted(second) == list(range(100))
+
+
+def test_a_thread_that_iterates_while_another_takes_a_batch_gets_an_error():
+    import threading
+
+    loader = TurboDataLoader(SAMPLES, 10, StuckWorker(stuck_at=15, seconds=1.0), 2)
+    seen, errors = [], []
+
+    def consume(batches):
+        seen.extend(i for _, (mb,) in batches for i in mb["index"][:, 0].tolist())
+
+    with loader:
+        batches = iter(loader)
+        seen.extend(next(batches)[1][0]["index"][:, 0].tolist())
+        thread = threading.Thread(target=consume, args=(batches,))  # handed on: allowed
+        thread.start()
+        time.sleep(0.3)  # the thread waits inside next() for the batch holding sample 15
+        for attempt in (lambda: iter(loader), lambda: next(batches)):
+            try:
+                attempt()
+            except RuntimeError as e:
+                errors.append(str(e))
+        thread.join()
+    assert len(errors) == 2 and all("another thread" in e for e in errors), errors
+    assert sorted(seen) == list(range(100))  # the loop went on, whole
 
 
 def test_a_loaders_iterator_after_its_with_block_raises():

@@ -50,8 +50,12 @@ def image_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | None:
         return None
     i, n = 2, len(data)
     while i + 9 < n:
-        if data[i] != 0xFF:
-            return None
+        if data[i] != 0xFF:  # libjpeg skips bytes between segments (with a warning)
+            skip = bytes(data[i:]).find(b"\xff")
+            if skip < 0:
+                return None
+            i += skip
+            continue
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
@@ -145,6 +149,15 @@ def check_pixels(
     if max_pixels is None:
         return
     if size is None:
+        if data[:2] == b"\xff\xd8" or data[:8] == _PNG_MAGIC:
+            # OpenCV would find a size where we did not: decoding to learn it is what a
+            # bomb wants. A file cut before its frame header says so first.
+            _check_complete(bytes(data))
+            kind = "JPEG" if data[:2] == b"\xff\xd8" else "PNG"
+            raise ValueError(
+                f"{kind} header gives no image size ({len(data)} bytes): cannot check it "
+                f"against max_pixels={max_pixels:,}; pass max_pixels=None to decode it anyway"
+            )
         size = _other_size(data)
         if size is None:
             return

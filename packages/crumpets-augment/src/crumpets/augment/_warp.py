@@ -12,10 +12,14 @@ axis further. Where the matrix shrinks by a whole factor without turning the ima
 
 The edge. Before the warp the source's edge is repeated outward by a few pixels (the
 ``margin``: as far as the samples of a target pixel whose centre maps into the source can
-reach), and the warp fills the rest with the background. So a target pixel whose centre
-maps into the source takes only source pixels, however the image is turned or scaled; the
-pixels just outside blend the edge into the background, as far as one source pixel (more
-where supersampled); beyond, the background.
+reach), so those pixels take only source pixels, however the image is turned or scaled.
+Where the target reaches beyond the source, the warp also carries how much of each target
+pixel the source covers (an RGBA source's alpha, 0 on the margin; a second, one-channel
+warp for others), and the pixels covered less than half get the background. With one
+sample per pixel that is the pixels whose centres map outside the source, to within a
+32nd of a pixel (the warp's precision; around the source's corners, where bilinear
+coverage rounds the corner off, the centres are tested directly); where several samples
+are averaged, the pixels less than half covered.
 
 :func:`plan_warp` works this out from the matrix alone (plain Python and numpy, the
 workers' first step); :func:`prepare_source` and :func:`warp` do it (OpenCV's calls).
@@ -23,6 +27,7 @@ workers' first step); :func:`prepare_source` and :func:`warp` do it (OpenCV's ca
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -63,12 +68,17 @@ _TO_RGBA = (cv2.COLOR_GRAY2RGBA, cv2.COLOR_BGR2RGBA, cv2.COLOR_RGB2RGBA)
 class WarpPlan:
     """How a source becomes the target: shrunk by ``factor`` (a JPEG partly as it is
     decoded), its edge repeated ``margin`` pixels outward, then warped by ``matrix`` (from
-    the shrunk source's pixels) with ``samples`` x ``samples`` samples per target pixel."""
+    the shrunk source's pixels) with ``samples`` x ``samples`` samples per target pixel.
+    ``outside``: part of the target lies outside the source (it gets the background);
+    ``corners``: (top, left, outside) patches of the target around the source's corners,
+    which pixels there lie outside, exactly (where one sample per pixel is taken)."""
 
     factor: int
     matrix: np.ndarray
     samples: int
     margin: int
+    outside: bool
+    corners: tuple[tuple[int, int, np.ndarray], ...] = ()
 
 
 def _samples(smallest: float) -> int:
@@ -125,15 +135,34 @@ def _shrink_factor(matrix: np.ndarray, largest: float, reach: float, limit: int)
     return power * (factor // power)
 
 
+def _reaches_outside(
+    matrix: np.ndarray, source_size: tuple[int, int], target_size: tuple[int, int]
+) -> bool:
+    """Whether some of the target's area maps outside the source's (both convex: it is
+    enough to map the target's four corners back)."""
+    (a, b, x), (c, d, y) = matrix.tolist()
+    det = a * d - b * c
+    if det == 0:
+        return True
+    (th, tw), (h, w) = target_size, source_size
+    for u, v in ((-0.5, -0.5), (tw - 0.5, -0.5), (-0.5, th - 0.5), (tw - 0.5, th - 0.5)):
+        sx = (d * (u - x) - b * (v - y)) / det
+        sy = (a * (v - y) - c * (u - x)) / det
+        if not (-0.5 <= sx <= w - 0.5 and -0.5 <= sy <= h - 0.5):
+            return True
+    return False
+
+
 def plan_warp(
     matrix: np.ndarray,
     source_size: tuple[int, int],
+    target_size: tuple[int, int],
     method: int,
     supersampling: int,
     scales: tuple[float, float] | None = None,
 ) -> WarpPlan:
-    """Work out how ``matrix`` (2x3, source to target pixels) is applied to a source of
-    ``source_size`` (height, width).
+    """Work out how ``matrix`` (2x3, source to target pixels) takes a source of
+    ``source_size`` to ``target_size`` (height, width).
 
     Args:
         method: OpenCV's interpolation; nearest-neighbour (labels) is never blended.
@@ -144,13 +173,45 @@ def plan_warp(
     """
     largest, smallest = scales or _singular_values(matrix)
     nearest = method == cv2.INTER_NEAREST
+    outside = not nearest and _reaches_outside(matrix, source_size, target_size)
+    matrix0 = matrix
     reach = _REACH if supersampling == 0 else 1.0
     factor = 1 if nearest else _shrink_factor(matrix, largest, reach, max(source_size))
     if factor > 1:
         matrix = _then(np.vstack([matrix, [0, 0, 1]]), factor, factor)[:2]
         smallest *= factor
     k = 1 if nearest else supersampling or _samples(smallest)
-    return WarpPlan(factor, matrix, k, _margin(method, k, smallest))
+    corners = _corners(matrix0, source_size, target_size, largest) if outside and k == 1 else ()
+    return WarpPlan(factor, matrix, k, _margin(method, k, smallest), outside, corners)
+
+
+def _corners(
+    matrix: np.ndarray, source_size: tuple[int, int], target_size: tuple[int, int], largest: float
+) -> tuple[tuple[int, int, np.ndarray], ...]:
+    """Which target pixels near the source's corners lie outside it (255) or in (0).
+
+    The coverage the warp carries is bilinear: along an edge it crosses one half where the
+    edge is, but at a corner it is the product of two ramps, and rounds the corner off by
+    up to a third of a source pixel. Around each corner the pixels are decided here by
+    their centres instead.
+    """
+    (a, b, x), (c, d, y) = matrix.tolist()
+    det = a * d - b * c
+    (h, w), (th, tw) = source_size, target_size
+    reach = math.ceil(largest / 2) + 1  # target pixels the rounding can reach
+    patches = []
+    for u, v in ((-0.5, -0.5), (w - 0.5, -0.5), (-0.5, h - 0.5), (w - 0.5, h - 0.5)):
+        cx, cy = a * u + b * v + x, c * u + d * v + y
+        x0, x1 = max(0, math.floor(cx) - reach), min(tw, math.floor(cx) + reach + 2)
+        y0, y1 = max(0, math.floor(cy) - reach), min(th, math.floor(cy) + reach + 2)
+        if x0 >= x1 or y0 >= y1 or det == 0:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1] - np.array([y, x])[:, None, None]
+        sx = (d * xx - b * yy) / det
+        sy = (a * yy - c * xx) / det
+        outside = (sx < -0.5) | (sx > w - 0.5) | (sy < -0.5) | (sy > h - 0.5)
+        patches.append((y0, x0, outside.astype(np.uint8) * 255))
+    return tuple(patches)
 
 
 def _conversion(im: np.ndarray, color: bool, bgr: bool) -> int | None:
@@ -168,8 +229,8 @@ def _conversion(im: np.ndarray, color: bool, bgr: bool) -> int | None:
 
 def _with_margin(im: np.ndarray, code: int | None, margin: int) -> np.ndarray:
     """``im`` converted by ``code`` (None: as it is), its edge repeated ``margin`` pixels
-    outward. The conversion writes into the middle of the larger image: one image made,
-    not two."""
+    outward; an RGBA result's alpha is 0 on the margin (255 on the image). The conversion
+    writes into the middle of the larger image: one image made, not two."""
     if code is None:
         m = margin
         return cv2.copyMakeBorder(im, m, m, m, m, cv2.BORDER_REPLICATE) if m else im
@@ -184,12 +245,31 @@ def _with_margin(im: np.ndarray, code: int | None, margin: int) -> np.ndarray:
     out[-m:, m:-m] = out[-m - 1, m:-m]
     out[:, :m] = out[:, m : m + 1]
     out[:, -m:] = out[:, -m - 1 : -m]
+    if out.ndim == 3:
+        _mark_margin(out[:, :, 3], m)
     return out
+
+
+def _mark_margin(area: np.ndarray, m: int) -> None:
+    area[:m] = 0
+    area[-m:] = 0
+    area[:, :m] = 0
+    area[:, -m:] = 0
+
+
+def _mark_covered(area: np.ndarray, m: int, covered: tuple[float, float]) -> None:
+    """The last row and column of a source shrunk after padding cover only part of a
+    shrunk pixel (``covered``: the fractions (y, x)): say so in its area (alpha)."""
+    cy, cx = covered
+    if cx < 1:
+        area[m:-m, -m - 1] = area[m:-m, -m - 1] * cx
+    if cy < 1:
+        area[-m - 1, m:-m] = area[-m - 1, m:-m] * cy
 
 
 def prepare_source(
     src: Any, color: bool | None, plan: WarpPlan, size: tuple[int, int] | None = None
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode (or take) the source, shrunk by the plan's factor, as the warp takes it: RGBA
     if ``color``, gray if False (None: its channels as they are), with the plan's margin.
 
@@ -199,7 +279,9 @@ def prepare_source(
 
     Returns:
         The pixels: RGBA (``color``), gray (False), or an array's channels as they are
-        (None, for arrays only).
+        (None, for arrays only). And where the plan reaches outside the source and the
+        pixels are not RGBA (whose alpha says it), the source's area: one channel of their
+        size, 255 on the source, 0 on the margin; else None.
     """
     factor = plan.factor
     reduce = 1
@@ -216,22 +298,35 @@ def prepare_source(
             im = _decode(data, bool(color))
         bgr = im.ndim == 3
     rest = factor // reduce
+    covered = (1.0, 1.0)
     if rest > 1:
-        # a whole factor keeps OpenCV's fast area average; the edge repeated to a multiple
-        # of it lies outside the source's area, which the warp leaves to the border
+        # a whole factor keeps OpenCV's fast area average; the edge is repeated to a
+        # multiple of it, and the last row and column cover less of their pixels
         h, w = im.shape[:2]
         pad_h, pad_w = -h % rest, -w % rest
         if pad_h or pad_w:
             im = cv2.copyMakeBorder(im, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE)
+            covered = (1 - pad_h / rest, 1 - pad_w / rest)
         im = cv2.resize(
             im, ((w + pad_w) // rest, (h + pad_h) // rest), interpolation=cv2.INTER_AREA
         )
+    m = plan.margin
     if color is None:
-        return _with_margin(im, None, plan.margin)
-    code = _conversion(im, color, bgr)
-    if code is None and im.ndim == 3:
-        im = im[:, :, 0]
-    return _with_margin(im, code, plan.margin)
+        im = _with_margin(im, None, m)
+    else:
+        code = _conversion(im, color, bgr)
+        if code is None and im.ndim == 3:
+            im = im[:, :, 0]
+        im = _with_margin(im, code, m)
+    if not plan.outside or not m:
+        return im, None
+    if im.ndim == 3 and im.shape[2] == 4 and color:
+        _mark_covered(im[:, :, 3], m, covered)
+        return im, None
+    area = np.full(im.shape[:2], 255, np.uint8)
+    _mark_margin(area, m)
+    _mark_covered(area, m, covered)
+    return im, area
 
 
 def warp(
@@ -241,13 +336,48 @@ def warp(
     method: int,
     border: tuple[float, ...],
     dst: np.ndarray | None = None,
+    area: np.ndarray | None = None,
 ) -> np.ndarray:
     """Warp ``im`` (from :func:`prepare_source`) to ``target_size`` as ``plan`` says, the
-    background ``border`` where no sample reads the image.
+    background ``border`` where the source covers less than half of a target pixel.
 
     Args:
         dst: where to write the result, if given.
+        area: the source's area from :func:`prepare_source` (None: ``im``'s alpha, if the
+            plan reaches outside the source).
     """
+    out = _warp(im, plan, target_size, method, border, dst)
+    if plan.outside and plan.margin:
+        covered = cv2.extractChannel(out, 3) if area is None else _warp(area, plan, target_size)
+        value = tuple(min(255, max(0, round(v))) for v in border[: _channels(out)])
+        # less than half covered: 127 or less
+        _, mask = cv2.threshold(covered, 127, 255, cv2.THRESH_BINARY_INV)
+        for top, left, patch in plan.corners:
+            mask[top : top + patch.shape[0], left : left + patch.shape[1]] = patch
+        cv2.copyTo(_background(out.shape, value), mask, out)
+    return out
+
+
+def _channels(im: np.ndarray) -> int:
+    return im.shape[2] if im.ndim == 3 else 1
+
+
+@functools.lru_cache(maxsize=4)
+def _background(shape: tuple[int, ...], value: tuple[int, ...]) -> np.ndarray:
+    """An image of ``value``, to copy from where the source does not reach."""
+    image = np.empty(shape, np.uint8)
+    image[...] = value
+    return image
+
+
+def _warp(
+    im: np.ndarray,
+    plan: WarpPlan,
+    target_size: tuple[int, int],
+    method: int = cv2.INTER_LINEAR,
+    border: tuple[float, ...] = (0.0,),
+    dst: np.ndarray | None = None,
+) -> np.ndarray:
     th, tw = target_size
     m, k = plan.margin, plan.samples
     matrix = plan.matrix

@@ -248,16 +248,18 @@ def _plan_pixels(
         noise_args = ([size] * channels, sensor_sigmas(noise, channels), noise_seed)
         if channels * size[0] * size[1] <= NOISE_TABLE_SIZE:  # windows of the table: views
             windows = _noise_windows(*noise_args)
-    plan = plan_warp(np.array(rows), source_size, method, supersampling, _singular_values(rows))
+    plan = plan_warp(
+        np.array(rows), source_size, size, method, supersampling, _singular_values(rows)
+    )
 
     def pixels() -> None:
-        im = prepare_source(src, color, plan, source_size)
+        im, area = prepare_source(src, color, plan, source_size)
         planes = list(result)  # contiguous (H, W) views: every pixel operation runs per plane
         if color:
-            warped = warp(im, plan, size, method, border)
+            warped = warp(im, plan, size, method, border, None, area)
             cv2.mixChannels([warped], planes, _RGB_OF_RGBA)
         else:
-            warp(im, plan, size, method, border, planes[0])
+            warp(im, plan, size, method, border, planes[0], area)
         if table is not None:
             _gamma_chw(result, table)
         if taps is not None:
@@ -288,10 +290,10 @@ def rotate_and_resize(
     matrix = make_transform(
         im.shape[:2], target_size, angle, scale, aspect, shift, hmirror, vmirror, shear, scale_mode
     )
-    plan = plan_warp(matrix, im.shape[:2], method, supersampling)
-    src = prepare_source(im, None, plan)
+    plan = plan_warp(matrix, im.shape[:2], target_size, method, supersampling)
+    src, area = prepare_source(im, None, plan)
     fill = _fill(background, src.shape[2] if src.ndim == 3 else 1)
-    return warp(src, plan, target_size, method, fill)
+    return warp(src, plan, target_size, method, fill, None, area)
 
 
 def randomize_image(

@@ -1,47 +1,57 @@
-"""The iterator of one ``for`` loop over a loader, which only the thread that began the
-loop may advance, and only while the loader runs: a second thread gets an error instead
-of a share of the batches (or a loop cut short), and an iterator kept past the ``with``
-block an error instead of a silent end.
+"""The iterator of one ``for`` loop over a loader. One thread at a time takes batches from
+it (it may be handed to another thread); a second thread that asks while one is taking a
+batch gets an error, and so does a loop that a newer loop over the loader, or the end of
+the ``with`` block, has ended: never a share of the batches or a silently shortened epoch.
 """
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Generator
 
 __all__ = ["Loop"]
 
+BUSY = (
+    "another thread is taking a batch from this loader right now: a loader serves one loop "
+    "at a time; give each thread a loader of its own"
+)
+
 
 class Loop:
-    """The iterator of one ``for`` loop over a loader: its batches, for the thread that
-    began the loop, while the loader runs."""
+    """The batches of one ``for`` loop over a loader, while it runs."""
 
     def __init__(self, batches: Generator[tuple[int, list], None, None]):
         self.batches = batches
-        self.thread = threading.current_thread()
-        self.stopped = False
+        self._taking = threading.Lock()
+        self.ended: str | None = None  # why the loop gives no more batches, once it is ended
 
     def __iter__(self) -> Loop:
         return self
 
     def __next__(self) -> tuple[int, list]:
-        if self.stopped:
-            raise RuntimeError(
-                "the loader was stopped (its `with` block ended): iterate inside `with loader:`"
-            )
-        if self.thread is not threading.current_thread():
-            raise RuntimeError(
-                f"this loop over the loader belongs to thread {self.thread.name}; a loader "
-                "serves one loop at a time: give each thread a loader of its own"
-            )
-        return next(self.batches)
+        if not self._taking.acquire(blocking=False):
+            raise RuntimeError(BUSY)
+        try:
+            if self.ended is not None:
+                raise RuntimeError(self.ended)
+            return next(self.batches)
+        finally:
+            self._taking.release()
 
-    def running(self) -> bool:
-        """True while the loop has batches left and its thread lives."""
-        alive = inspect.getgeneratorstate(self.batches) != inspect.GEN_CLOSED
-        return alive and self.thread.is_alive()
+    def end(self, why: str, force: bool = False) -> None:
+        """End the loop: its next ``next()`` raises RuntimeError(``why``).
 
-    def close(self, stopped: bool = False) -> None:
-        self.stopped = self.stopped or stopped
-        self.batches.close()
+        Raises:
+            RuntimeError: if another thread is taking a batch from it right now, unless
+                ``force`` (the loader stops): then that thread's next call raises.
+        """
+        if not self._taking.acquire(blocking=False):
+            if not force:
+                raise RuntimeError(BUSY)
+            self.ended = why
+            return
+        try:
+            self.ended = why
+            self.batches.close()
+        finally:
+            self._taking.release()

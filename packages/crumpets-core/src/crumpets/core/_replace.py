@@ -122,14 +122,34 @@ def sync(file: Any) -> None:
 
 
 def _sync_folder(path: str) -> None:
-    """fsync the folder holding ``path``, so that renames in it survive a power cut."""
+    """fsync the folder holding ``path``, so that renames in it survive a power cut, where
+    the file system can (some network and FUSE file systems refuse, EINVAL)."""
     if os.name != "posix":  # no folder descriptors to fsync
         return
     fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
     finally:
         os.close(fd)
+
+
+# flock on a file system without locks (Lustre without -o flock, some FUSE and CIFS
+# mounts): that file system then gets no locks, as where there is no fcntl.
+_NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+def _flock(fd: int, operation: int) -> bool:
+    """flock, False where the file system has no locks."""
+    try:
+        fcntl.flock(fd, operation)
+    except OSError as e:
+        if e.errno in _NO_LOCKS:
+            return False
+        raise
+    return True
 
 
 @contextlib.contextmanager
@@ -148,7 +168,8 @@ def locked(path: str, wait: bool = True) -> Iterator[bool]:
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB):
+                break  # no locks here: as without fcntl
         except BlockingIOError:
             os.close(fd)
             yield False
@@ -176,7 +197,7 @@ def mark_alive(file: BinaryIO) -> None:
     keeps this writer's temporaries. Call it holding the dataset's lock, under which
     :func:`remove_stale_temps` runs, so that no one sees the file unlocked."""
     if fcntl is not None:
-        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _writer_alive(data_temp: str) -> bool:
@@ -187,7 +208,8 @@ def _writer_alive(data_temp: str) -> bool:
         return False
     with f:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            if not _flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB):
+                return True  # no locks here: never take a file for a killed writer's
         except BlockingIOError:
             return True
     return False

@@ -12,6 +12,7 @@ it, and the handler still runs here).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -40,11 +41,20 @@ def deferred_signals() -> Iterator[None]:
         yield
         return
     pending: list[tuple[int, Any]] = []
+    pid = os.getpid()
 
     def hold(signum: int, frame: Any) -> None:
+        if os.getpid() != pid:
+            # a process forked inside the block (a worker that has yet to set its own
+            # handlers): the signal is for it, now
+            run = held[signal.Signals(signum)]
+            signal.signal(signum, run)
+            if callable(run):
+                run(signum, frame)
+            return
         pending.append((signum, frame))
 
-    held = {}
+    held: dict[signal.Signals, Any] = {}
     for signum in _DEFERRED:
         handler = signal.getsignal(signum)
         if callable(handler):
@@ -72,11 +82,11 @@ class SigtermGuard:
     """
 
     def __init__(self) -> None:
-        self.running: set[int] = set()  # ids of the tokens of running loaders
+        self.running: set[object] = set()  # the tokens of running loaders
         self.previous: Any = None  # the handler to restore; None: not installed
 
     def enter(self, token: object) -> None:
-        self.running.add(id(token))
+        self.running.add(token)
         if (
             len(self.running) == 1
             and self.previous is None
@@ -86,7 +96,7 @@ class SigtermGuard:
             self.previous = signal.signal(signal.SIGTERM, _raise_exit)
 
     def leave(self, token: object) -> None:
-        self.running.discard(id(token))
+        self.running.discard(token)
         if not self.running and self.previous is not None and _in_main_thread():
             if signal.getsignal(signal.SIGTERM) is _raise_exit:  # not replaced since
                 signal.signal(signal.SIGTERM, self.previous)

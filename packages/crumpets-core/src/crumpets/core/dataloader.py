@@ -49,7 +49,11 @@ def _distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int
     return (0 if rank is None else int(rank)), (1 if world_size is None else int(world_size))
 
 
-def _shutdown(pipeline: Pipeline, manager: Any, token: object) -> None:
+def _shutdown(pipeline: Pipeline, manager: Any, token: object, owner: int) -> None:
+    if os.getpid() != owner:
+        # a forked child: the workers, sockets and memory are its parent's (and a pinned
+        # pool's CUDA cannot be used here); its copies go with the process
+        return
     try:
         # A second Ctrl-C must not cut the cleanup short: it comes once everything stopped.
         with deferred_signals():
@@ -260,11 +264,13 @@ class TurboDataLoader:
                 )
                 # Runs on stop(), on garbage collection or at interpreter exit, whichever
                 # is first.
-                self._finalizer = weakref.finalize(self, _shutdown, pipeline, manager, token)
+                self._pid = os.getpid()
+                self._finalizer = weakref.finalize(
+                    self, _shutdown, pipeline, manager, token, self._pid
+                )
         except BaseException:
             SIGTERM_GUARD.leave(token)
             raise
-        self._pid = os.getpid()
         pipeline.start()
         self._pipeline = pipeline
 
@@ -305,7 +311,11 @@ class TurboDataLoader:
         try:
             if self._loop is not None:
                 loop, self._loop = self._loop, None
-                loop.close(stopped=True)
+                loop.end(
+                    "the loader was stopped (its `with` block ended): iterate inside "
+                    "`with loader:`",
+                    force=True,
+                )
         finally:
             self._pipeline = None
             if self._finalizer is not None:
@@ -338,14 +348,9 @@ class TurboDataLoader:
                 f"this loader was started in process {self._pid}; a forked process cannot "
                 "use its workers. Make and start a loader of its own in the child."
             )
-        current = self._loop
-        if current is not None:
-            if current.thread is not threading.current_thread() and current.running():
-                raise RuntimeError(
-                    f"this loader is being iterated by another thread ({current.thread.name}); "
-                    "a loader serves one loop at a time: give each thread a loader of its own"
-                )
-            current.close()
+        if self._loop is not None:  # a newer loop ends it (RuntimeError if in use)
+            name = threading.current_thread().name
+            self._loop.end(f"this loop was ended by a newer loop over the loader (in {name})")
         if self._epoch_end is None:
             self._epoch_end = self._cursor + self.epoch_iterations
         self._loop = Loop(self._epoch(self._cursor, self._epoch_end))
@@ -458,7 +463,7 @@ class TurboDataLoader:
                 cursor = moved
                 epoch_end = None if epoch_end is None else cursor
         if self._loop is not None:
-            self._loop.close()
+            self._loop.end("the loader's state was replaced (load_state_dict)")
             self._loop = None
         self._iteration = int(state["iteration"])
         self._cursor = cursor

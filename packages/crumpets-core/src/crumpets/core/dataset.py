@@ -475,11 +475,19 @@ class Reader:
 
     def __getstate__(self) -> dict[str, Any]:
         # An mmap cannot be pickled; the receiving process maps the file itself.
-        return {"path": self.path}
+        return {"path": self.path, "identity": self._identity}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Checked (and warned about) when the original was opened; not again in each worker.
         self._open(state["path"])
+        identity = state.get("identity")
+        if identity is not None and tuple(identity) != self._identity:
+            # a spawned worker would read another version than the process that sent it
+            self.close()
+            raise ValueError(
+                f"{self.path} was replaced since it was opened: this process would read "
+                "another version of the dataset than the Reader it was sent; open it again"
+            )
 
     def __repr__(self) -> str:
         return f"Reader({self.path!r}, len={len(self)})"

@@ -28,7 +28,10 @@ __all__ = ["SETTINGS", "EpochPlan", "SampleRNG", "sample_rng"]
 
 # What a position in the stream of batches means besides the seed: a loader's state
 # records them, and resumes only where they agree or the position does not depend on them.
+# The rank is recorded but never compared: every rank has as many batches per pass, so a
+# position means the same on each (snapshots are written by rank 0 and read by all).
 SETTINGS = ("length", "batch_size", "shuffle", "drop_last", "rank", "world_size")
+_COMPARED = tuple(name for name in SETTINGS if name != "rank")
 
 # The stride between samples' streams: numpy's step for PCG64DXSM.jumped, 2**128 over
 # the golden ratio, odd, so the samples' streams start distinct and far apart. Spelled out
@@ -185,8 +188,9 @@ class EpochPlan:
         """Where this plan's stream continues a stream of a plan with the ``saved``
         settings (and this seed) that stood at batch ``cursor``.
 
-        With the same settings, that is ``cursor``. At the start of a pass (between
-        epochs), nothing of the pass was seen, so batching may change: this plan continues
+        With the same settings (the rank aside: every rank has as many batches), that is
+        ``cursor``. At the start of a pass (between epochs), nothing of the pass was seen,
+        so batching may change: this plan continues
         at the start of the same pass, and every sample still comes once per pass. In the
         middle of a pass, or with another length, no position gives each sample once.
 
@@ -198,7 +202,7 @@ class EpochPlan:
         Raises:
             ValueError: naming every setting that differs, where the position cannot move.
         """
-        differ = [name for name in SETTINGS if saved.get(name) != getattr(self, name)]
+        differ = [name for name in _COMPARED if saved.get(name) != getattr(self, name)]
         if not differ:
             return cursor
         was = ", ".join(f"{name}={saved.get(name)!r}" for name in differ)
@@ -211,11 +215,12 @@ class EpochPlan:
         before = EpochPlan(seed=self.seed, **{name: saved[name] for name in SETTINGS})
         p, j = divmod(cursor, before.batches_per_pass)
         if j or mid_epoch:
+            where = "mid-epoch" if mid_epoch else "between epochs but not at a pass's start"
             raise ValueError(
-                f"the loader state was taken mid-epoch (batch {j} of "
+                f"the loader state was taken {where} (batch {j} of "
                 f"{before.batches_per_pass} of pass {p}) with {was}; this loader has {now}. "
-                "Mid-epoch, a loader resumes only with the settings the state was taken "
-                "with; between epochs, batch_size, shuffle, drop_last, rank and world_size "
-                "may change."
+                "Inside a pass, a loader resumes only with the settings the state was taken "
+                "with; at a pass's start, batch_size, shuffle, drop_last and world_size may "
+                "change."
             )
         return p * self.batches_per_pass

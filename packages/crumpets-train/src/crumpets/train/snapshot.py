@@ -109,6 +109,8 @@ def _os_error(exc: BaseException) -> OSError | None:
     while isinstance(link, Exception) and id(link) not in seen:
         if isinstance(link, OSError):
             return link
+        if not isinstance(link, RuntimeError):  # only torch's wrapper hides the OSError
+            return None
         seen.add(id(link))
         link = link.__cause__ or link.__context__
     return None
