@@ -1,5 +1,5 @@
 """Real photos for tests, from scikit-image's bundled data, encoded as a dataset would
-store them."""
+store them, and how close an image comes to a reference."""
 
 from __future__ import annotations
 
@@ -23,3 +23,8 @@ def encode(rgb: np.ndarray, ext: str = ".jpg", quality: int = 90) -> bytes:
     ok, buf = cv2.imencode(ext, bgr, params)
     assert ok
     return buf.tobytes()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of uint8 ``a`` against ``b`` (any dtype), in dB."""
+    return float(10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b) ** 2)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from _photos import encode, photo
+from _photos import encode, photo, psnr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,10 +20,6 @@ from crumpets.augment.augmentation import (
     rotate_and_resize,
     transform_image,
 )
-
-
-def psnr(a, b):
-    return 10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b) ** 2))
 
 
 def blob_image(h, w, x, y, sigma=2.5):

@@ -15,7 +15,7 @@ import functools
 import cv2
 import numpy as np
 import pytest
-from _photos import encode, photo
+from _photos import encode, photo, psnr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -23,10 +23,6 @@ from PIL import Image
 from crumpets.augment.augmentation import rotate_and_resize, transform_image
 
 FORMS = ["array", "png", "jpeg"]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b) ** 2)))
 
 
 @functools.cache
@@ -235,3 +231,13 @@ def test_a_vanishing_scale_shrinks_the_source_to_a_pixel_at_most(form):
     out, _ = transform_image(data, (32, 32), scale=1e-6, angle=30.0, background=(1, 2, 3))
     assert out.shape == (32, 32, 3)
     assert (out.reshape(-1, 3) == (1, 2, 3)).all(1).sum() >= 32 * 32 - 1
+
+
+@pytest.mark.parametrize("method", [cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_LANCZOS4])
+def test_a_letterboxed_upscale_is_as_wide_as_its_area(method):
+    # a 4x4 image at 8x, centred in 64x64: 32 pixels of it on each row, whatever the kernel
+    # reads beyond a sample (the edge is repeated outward, the coverage decides)
+    im = np.full((4, 4, 3), 200, np.uint8)
+    out, _ = transform_image(im, (64, 64), scale=0.5, interp_method=method)
+    assert sorted(set(out[32, :, 0].tolist())) == [0, 200]
+    assert (out[32, :, 0] == 200).sum() == 32

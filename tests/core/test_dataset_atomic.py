@@ -17,18 +17,11 @@ import signal
 import msgpack
 import numpy as np
 import pytest
+from test_dataset import DATASET_FILES
 
 from crumpets.core import _replace
 from crumpets.core.dataset import Reader, Writer
 
-DATASET_FILES = {
-    "ds.msgpack",
-    "ds.msgpack.filter",
-    "ds.msgpack.key_hashes",
-    "ds.msgpack.keys",
-    "ds.msgpack.md5",
-    "ds.msgpack.offsets",
-}
 # The file-system calls a Writer makes between its records and a finished dataset.
 STEPS = ("replace", "rename", "link", "unlink", "fsync")
 FORK = multiprocessing.get_context("fork")
@@ -82,7 +75,7 @@ def run_in_child(target, *args):
 
 
 def stray_files(folder):
-    return {p.name for p in folder.iterdir()} - DATASET_FILES
+    return {p.name for p in folder.iterdir()} - set(DATASET_FILES)
 
 
 @pytest.mark.parametrize("before", ["old dataset", "no dataset"])
@@ -271,9 +264,7 @@ def test_a_file_system_without_locks_still_takes_a_dataset(tmp_path, monkeypatch
                 writer.write({"key": f"{contents}{i}", "x": i})
         with Reader(path) as reader:
             assert reader.keys == [f"{contents}{i}" for i in range(5)]
-    assert sorted(os.listdir(tmp_path)) == sorted(
-        f"ds.msgpack{s}" for s in ("", ".offsets", ".keys", ".key_hashes", ".filter", ".md5")
-    )
+    assert sorted(os.listdir(tmp_path)) == sorted(DATASET_FILES)
 
 
 def test_a_reader_sent_after_its_dataset_was_replaced_refuses_to_read_the_new_one(tmp_path):
