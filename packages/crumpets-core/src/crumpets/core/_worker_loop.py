@@ -73,9 +73,12 @@ def run_worker(
             index = None  # the sample an error concerns, when it is known
             try:
                 if not request.items and source is not None:
-                    for index in request.indices:
-                        request.items.append(source[index])
-                    index = None
+                    if hasattr(source, "read_batch"):  # reads a batch's samples together
+                        request.items.extend(source.read_batch(request.indices))
+                    else:
+                        for index in request.indices:
+                            request.items.append(source[index])
+                        index = None
                 payload = worker.pack(_one_result(worker, worker.process(request)))
                 header = reply_header(seq=request.seq, slot=request.slot)
             except Exception as exc:

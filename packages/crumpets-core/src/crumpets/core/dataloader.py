@@ -15,6 +15,7 @@ Subclasses (crumpets-torch's loader) extend three documented hooks:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import warnings
@@ -186,6 +187,9 @@ class TurboDataLoader:
         # A sequence that each worker can open itself (a dataset file, memory-mapped in
         # every worker): send indices, not sample bytes.
         self._workers_read = self.random_access and getattr(iterable, "read_in_workers", False)
+        # An iterable may want to know the batches ahead (ShardedReader fetches their
+        # shards): schedule(plan, b) is called as batch b is submitted, unschedule() at stop.
+        self._schedule = getattr(iterable, "schedule", None) if self._workers_read else None
         self._loop: Loop | None = None
         self._pid = os.getpid()  # the process that started the loader
         self._pipeline: Pipeline | None = None
@@ -209,6 +213,8 @@ class TurboDataLoader:
         if self.random_access and length > len(self.iterable):
             raise ValueError(f"length={length} exceeds len(iterable)={len(self.iterable)}")
         self.length = length
+        # a sharded dataset (ShardedReader) orders samples shard by shard
+        sharded = self.random_access and getattr(self.iterable, "shard_sizes", None) is not None
         self.plan = EpochPlan(
             length,
             self.batch_size,
@@ -217,6 +223,8 @@ class TurboDataLoader:
             self.drop_last,
             self.rank,
             self.world_size,
+            shard_sizes=self.iterable.shard_sizes if sharded else None,
+            window=getattr(self.iterable, "window", 4) if sharded else 4,
         )
         self.epoch_iterations = self.plan.batches_per_pass
 
@@ -318,9 +326,13 @@ class TurboDataLoader:
                 )
         finally:
             self._pipeline = None
-            if self._finalizer is not None:
-                self._finalizer()
-                self._finalizer = None
+            try:
+                if self._finalizer is not None:
+                    self._finalizer()
+                    self._finalizer = None
+            finally:
+                if self._schedule is not None:  # once the workers are gone
+                    self.iterable.unschedule()
 
     @property
     def buffer_manager(self) -> Any:
@@ -399,6 +411,8 @@ class TurboDataLoader:
             indices = indices.astype(np.int64)
         # the workers read a file's samples from their own map of it: send indices only
         items = [] if self._workers_read else self._items.read(p, indices, self.length)
+        if self._schedule is not None:  # a sharded dataset fetches the coming shards
+            self._schedule(self.plan, b)
         pipeline.submit(seq, self.seed, p, indices.tolist(), items)
 
     def _split(self, batch: dict) -> list[dict]:
@@ -450,7 +464,7 @@ class TurboDataLoader:
         epoch_end = None if state["epoch_end"] is None else int(state["epoch_end"])
         plan = self.plan
         if int(state["seed"]) != self.seed:
-            plan = EpochPlan(**{**plan.settings(), "seed": int(state["seed"])})
+            plan = dataclasses.replace(plan, seed=int(state["seed"]))
         if state.get("plan") is None:
             warnings.warn(
                 "the loader state records none of the settings its position depends on "

@@ -169,6 +169,11 @@ class Writer:
     def __len__(self) -> int:
         return len(self._keys)
 
+    @property
+    def size(self) -> int:
+        """Bytes of the records written so far (the data file's size once closed)."""
+        return self._offsets[-1]
+
     def write(self, sample: Mapping[str, Any]) -> int:
         """Append one sample.
 
