@@ -121,7 +121,9 @@ def bench(session: nox.Session) -> None:
     """Benchmarks that print figures (never timed tests): fidelity, a worker's profile and
     its speed against the same-work limit, the GPU pixel kernels on CPU tensors, loader
     images/s, throughput against a torch DataLoader baseline (writes
-    benchmarks/results.md), and the Trainer's per-step overhead."""
+    benchmarks/results.md), the shuffle quality of sharded orders, images/s of sharded
+    datasets from local disk and from a local S3 server, and the Trainer's per-step
+    overhead."""
     install_local(
         session, ["core[s3]", "augment", "torch"], "scikit-image", "albumentations", "psutil", WEED
     )
@@ -131,5 +133,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/pixel_ops.py")
     session.run("crumpets", "bench", "--batches", "60", "--samples", "512", *session.posargs)
     session.run("python", "benchmarks/throughput.py", "--gpu-split")
+    session.run("python", "benchmarks/shard_order.py")
+    session.run("python", "benchmarks/streaming.py")
     install_demo(session)
     session.run("python", "benchmarks/trainer_overhead.py")

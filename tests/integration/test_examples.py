@@ -22,7 +22,13 @@ from crumpets.core import Reader, unpack
 from crumpets.core.cli import main as crumpets_command
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-SCRIPTS = ["dataloader_simple", "dataloader_datadings", "pytorch_cifar10", "pytorch_resnet"]
+SCRIPTS = [
+    "dataloader_simple",
+    "dataloader_datadings",
+    "pytorch_cifar10",
+    "pytorch_resnet",
+    "streaming_s3",
+]
 TILE = 224  # the dataloader examples' image size
 TINYSET_IMAGES = 12  # 4 classes x 3 photos
 

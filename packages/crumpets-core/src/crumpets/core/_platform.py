@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import errno
 import faulthandler
+import gc
 import mmap
 import os
 import platform
@@ -80,10 +81,14 @@ def tune_worker_process(worker_id: int) -> None:
     """What a worker process does to itself when it starts: Ctrl-C is left to the main
     process (it reaches the whole process group), SIGTERM ends it, ``ps`` shows it as
     ``crumpets-wN``, malloc keeps freed memory (:func:`keep_freed_memory`), and SIGUSR1
-    dumps its Python stack to stderr (the loader's stall watchdog sends it).
+    dumps its Python stack to stderr (the loader's stall watchdog sends it), and what it
+    inherited is never garbage collected here (``gc.freeze``): a storage client's finalizer
+    would wait for its parent's event loop, which has no thread in this process (s3fs:
+    a second each), and collecting what the worker never uses only copies memory.
 
     ``CRUMPETS_TUNE=0`` in the environment skips the name and the malloc setting.
     """
+    gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if os.environ.get("CRUMPETS_TUNE", "1") != "0":
