@@ -22,7 +22,8 @@ def sleeps(monkeypatch):
 def failing(times: int, error: BaseException, result: str = "ok"):
     calls = []
 
-    def call():
+    def call(timeout):
+        assert timeout >= _remote.MIN_ATTEMPT
         calls.append(1)
         if len(calls) <= times:
             raise error
@@ -64,15 +65,18 @@ def test_retries_are_bounded_in_count_and_name_the_url_and_the_cause(sleeps):
 
 
 def test_retries_are_bounded_in_time(monkeypatch, sleeps):
-    now = [0.0]
+    now, timeouts = [0.0], []
     monkeypatch.setattr(_remote.time, "monotonic", lambda: now[0])
 
-    def slow_failure():
+    def slow_failure(timeout):
+        timeouts.append(timeout)
         now[0] += 4.0  # each attempt takes 4 s (a timeout)
         raise TimeoutError("read timed out")
 
-    with pytest.raises(OSError, match="failed 3 times in 12.0 s"):
+    with pytest.raises(OSError, match="failed 4 times in 16.0 s"):
         retrying("gs://b/x", slow_failure)
+    # each attempt may take what is left of the deadline, and at least MIN_ATTEMPT
+    assert timeouts == [15.0, 11.0, 7.0, 3.0]
     assert now[0] <= _remote.DEADLINE + 4.0
 
 
@@ -94,8 +98,10 @@ def test_a_client_is_made_in_the_process_that_uses_it(monkeypatch):
     assert made[0][1]["skip_instance_cache"] is True
     # botocore's minute-long defaults are shortened unless the user sets their own
     assert made[0][1]["config_kwargs"] == _remote.S3_TIMEOUTS
-    assert Store("s3://b", {"config_kwargs": {"connect_timeout": 1}}).fs is not None
-    assert made[1][1]["config_kwargs"] == {"connect_timeout": 1}
+    # the user's settings (path-style addressing for an S3-compatible store) keep the rest
+    user = {"connect_timeout": 1, "s3": {"addressing_style": "path"}}
+    assert Store("s3://b", {"config_kwargs": user}).fs is not None
+    assert made[1][1]["config_kwargs"] == {**_remote.S3_TIMEOUTS, **user}
     # as a forked child sees it: another process, so another client; the inherited one is
     # kept (its finalizer would wait for the parent's event loop)
     store._pid = -1

@@ -657,8 +657,9 @@ def test_a_damaged_shard_in_the_store_is_refused_and_not_cached(
             reader.get(first)
         cache = reader._shard_cache()
         assert not cache.cached(shard)
-        lock = f".{cache.entry(shard)}.lock"
-        assert entry_files(cache, shard) == [lock]  # no data, stamp or temporary
+        lock, failed = f".{cache.entry(shard)}.lock", f".{cache.entry(shard)}.failed"
+        # no data, stamp or temporary; the failure, for others waiting for the shard
+        assert sorted(entry_files(cache, shard)) == [failed, lock]
         assert not lock_held(cache, shard)
     assert reader.get(first + reader.shard_sizes[1]) == samples[first + reader.shard_sizes[1]]
     reader.close()
@@ -838,28 +839,34 @@ def test_a_reader_keeps_the_cache_within_its_limit(tmp_path):
     reader.close()
 
 
-def test_sweep_removes_temporaries_of_dead_processes(tmp_path):
+def test_sweep_removes_temporaries_of_downloads_nobody_runs(tmp_path):
     shards = uniform_dataset(tmp_path / "ds", shards=3)
     cache = new_cache(tmp_path / "ds", tmp_path / "cache")
-    dead, alive = dead_pid(), os.getpid()
+    alive = os.getpid()  # a pid says nothing across containers: the shard's lock does
     names = {
-        "dead data": f".{cache.entry(shards[0])}.msgpack.tmp-{dead}-0badc0de",
-        "dead stamp": f".{cache.entry(shards[1])}.ok.tmp-{dead}-12345678",
-        "live data": f".{cache.entry(shards[0])}.msgpack.tmp-{alive}-abcdef01",
-        "live other": f".{cache.entry(shards[2])}.msgpack.offsets.tmp-{alive}-abcdef02",
+        "dead data": f".{cache.entry(shards[0])}.msgpack.tmp-{dead_pid()}-0badc0de",
+        "dead stamp": f".{cache.entry(shards[1])}.ok.tmp-{alive}-12345678",
+        "running": f".{cache.entry(shards[2])}.msgpack.offsets.tmp-{dead_pid()}-abcdef02",
         "not a temporary": "notes.txt",
     }
     for name in names.values():
         with open(os.path.join(cache.dir, name), "wb") as f:
             f.write(b"partial")
-    cache.sweep()
-    left = set(os.listdir(cache.dir))
-    assert left == {names["live data"], names["live other"], names["not a temporary"]}
+    # a download of shard 2 under way (in any process, any container): its lock is held
+    lock = os.open(
+        os.path.join(cache.dir, f".{cache.entry(shards[2])}.lock"), os.O_CREAT | os.O_RDWR
+    )
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        cache.sweep()
+    finally:
+        os.close(lock)
+    left = set(os.listdir(cache.dir)) - {f".{cache.entry(shards[2])}.lock"}
+    assert left == {names["running"], names["not a temporary"]}
     # a fetch removes any temporary of its shard: under its lock, nobody else writes it
-    os.close(cache.acquire(shards[0]))
+    os.close(cache.acquire(shards[2]))
     left = set(os.listdir(cache.dir))
-    assert names["live data"] not in left
-    assert {names["live other"], names["not a temporary"]} <= left
+    assert names["running"] not in left and names["not a temporary"] in left
 
 
 def test_a_reader_sweeps_before_its_first_fetch(tmp_path):
@@ -1174,3 +1181,26 @@ def test_loader_with_spawned_workers(dataset, tmp_path, monkeypatch):
     (epoch,), _ = run_loader(reader, epochs=1, nworkers=2)
     assert sorted(flat(epoch)) == list(range(N))
     reader.close()
+
+
+def test_a_forked_child_lets_go_of_its_parents_shards(tmp_path):
+    folder = tmp_path / "ds"
+    samples = write_dataset(folder)
+    reader = ShardedReader(url_of(folder), cache_dir=tmp_path / "cache")
+    assert reader.get(0) == samples[0]  # shard 0 open and held in this process
+    cache, shard = reader._shard_cache(), reader.shards[0]
+    context = multiprocessing.get_context("fork")
+    go = context.Event()
+    child = context.Process(target=go.wait, args=(30,))
+    child.start()
+    try:
+        reader.close()
+        # the child shares the parent's descriptors: had it kept them, the shard would stay
+        # locked (not evictable) as long as the child lives
+        deadline = time.monotonic() + 10  # the child closes them as it starts
+        while lock_held(cache, shard) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not lock_held(cache, shard)
+    finally:
+        go.set()
+        child.join()

@@ -341,6 +341,7 @@ class S3Server:
         atexit.unregister(self.stop)
         if self.proc is not None:
             self._signal_group(signal.SIGTERM)
+            self._signal_group(signal.SIGCONT)  # a paused server, to take its SIGTERM
             try:
                 self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
@@ -375,6 +376,12 @@ class S3Server:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
         self._group_gone = True
+
+    def pause(self) -> None:
+        """SIGSTOPs the whole process group: the store hangs. The kernel still accepts
+        connections on its ports, but nothing answers; :meth:`stop` ends it."""
+        if self.proc is not None:
+            self._signal_group(signal.SIGSTOP)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         # Once the group was SIGKILLed and its leader reaped, its id is free for the

@@ -165,24 +165,29 @@ def own_server():
         server.stop()
 
 
+@pytest.mark.parametrize("how", ["killed", "hung"])
 @pytest.mark.parametrize("cached", [False, True], ids=["byte-ranges", "cache"])
 def test_the_store_going_away_is_an_error_naming_the_shard_soon(
-    own_server, shards, tmp_path, cached
+    own_server, shards, tmp_path, cached, how
 ):
     url = upload(own_server, shards)
-    options = dict(cache_dir=str(tmp_path / "cache"), window=1, prefetch=0) if cached else {}
+    # the defaults: a window of 4 shards, 2 fetched ahead, 4 workers waiting for them too
+    options = dict(cache_dir=str(tmp_path / "cache")) if cached else {}
     loader = TurboDataLoader(
-        reader(own_server, url, **options), BATCH, worker(), 2, seed=5, shuffle=True
+        reader(own_server, url, **options), BATCH, worker(), 4, seed=5, shuffle=True
     )
-    with loader, pytest.raises(OSError) as raised:
-        for n, _ in enumerate(loader):
-            if n == 1:
-                own_server.kill()
-                killed = time.monotonic()
-    assert time.monotonic() - killed < 30
+    with loader:
+        with pytest.raises(OSError) as raised:
+            for n, _ in enumerate(loader):
+                if n == 1:
+                    # a hung store accepts connections and never answers
+                    own_server.kill() if how == "killed" else own_server.pause()
+                    gone = time.monotonic()
+        failed = time.monotonic()
+    assert failed - gone < 30
     message = str(raised.value)
     assert f"{url}/shard-" in message and ".msgpack" in message, message
-    assert temporaries(str(tmp_path)) == []
+    assert temporaries(str(tmp_path)) == []  # nothing partial stays
 
 
 def corrupt(path: str, at: int = 1000) -> None:

@@ -8,7 +8,8 @@ or a pickled copy); fsspec's instance cache is skipped for the same reason.
 :func:`retrying` bounds every remote call: transient failures (connection errors,
 timeouts, 5xx and SlowDown answers, whatever the client raises for them) are retried with
 jittered exponential backoff, at most ``ATTEMPTS`` times and for at most ``DEADLINE``
-seconds; then an ``OSError`` names the URL and the cause. Answers that will not change
+seconds (each attempt cancelled when that time is up); then an ``OSError`` names the URL
+and the cause. Answers that will not change
 (the object is missing, access is denied) are raised at once.
 """
 
@@ -20,14 +21,16 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["ATTEMPTS", "DEADLINE", "Store", "is_url", "retrying"]
+__all__ = ["ATTEMPTS", "DEADLINE", "MIN_ATTEMPT", "Store", "is_url", "retrying"]
 
 T = TypeVar("T")
 
 ATTEMPTS = 5
-# With the client's own timeouts (S3_TIMEOUTS) a store that went away is an error well
-# within 30 s, also when a worker first waits for another process's failed download.
-DEADLINE = 10.0
+# Every attempt ends by the deadline (see retrying), so a store that went away or hangs is
+# an error within DEADLINE + MIN_ATTEMPT seconds; processes waiting for the same shard learn
+# of the failure from the cache (see _shard_cache) instead of trying again.
+DEADLINE = 15.0
+MIN_ATTEMPT = 2.0  # seconds an attempt is given at least, also the last one
 _BACKOFF = 0.2  # seconds before the second attempt, doubled for each further one, jittered
 
 # Errors a retry cannot mend.
@@ -59,8 +62,12 @@ def is_url(path: str) -> bool:
     return "://" in path
 
 
-def retrying(what: str, call: Callable[[], T]) -> T:
-    """``call()``, retried on transient errors; ``what`` (a URL) names it in the error.
+def retrying(what: str, call: Callable[[float], T]) -> T:
+    """``call(timeout)``, retried on transient errors; ``what`` (a URL) names it in the error.
+
+    Each attempt is given the seconds left until ``DEADLINE`` (at least ``MIN_ATTEMPT``) as
+    ``timeout``: a store that accepts connections but never answers (a stopped server, a
+    black-holed network) ends the attempt there, not after the client's own retries.
 
     Raises:
         FileNotFoundError, PermissionError, ...: at once, for answers a retry cannot mend.
@@ -70,7 +77,7 @@ def retrying(what: str, call: Callable[[], T]) -> T:
     start = time.monotonic()
     for attempt in range(ATTEMPTS):
         try:
-            return call()
+            return call(max(MIN_ATTEMPT, DEADLINE - (time.monotonic() - start)))
         except _PERMANENT:
             raise
         except Exception as exc:  # whatever the client raises for a transient failure
@@ -115,8 +122,8 @@ class Store:
             except ImportError:  # pragma: no cover - fsspec is a dependency of crumpets-core
                 raise ImportError("reading datasets from URLs needs fsspec") from None
             options = dict(self.storage_options)
-            if self.protocol in ("s3", "s3a") and "config_kwargs" not in options:
-                options["config_kwargs"] = S3_TIMEOUTS
+            if self.protocol in ("s3", "s3a"):  # the user's settings win, the rest stays
+                options["config_kwargs"] = {**S3_TIMEOUTS, **options.get("config_kwargs", {})}
             try:
                 self._fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **options)
             except ImportError as exc:  # s3fs, gcsfs, aiohttp: the extras
@@ -130,17 +137,29 @@ class Store:
         """The file system's path of file ``name`` in the folder."""
         return f"{self.url}/{name}"
 
+    def _timeout(self, seconds: float) -> dict[str, float]:
+        # fsspec's asynchronous file systems (s3fs, gcsfs, http) cancel a call that takes
+        # longer; the others (local files) take no timeout
+        return {"timeout": seconds} if getattr(self.fs, "async_impl", False) else {}
+
     def cat(self, name: str, start: int | None = None, end: int | None = None) -> bytes:
         """File ``name``, or its bytes ``[start, end)``, with retries."""
         path = self.path(name)
-        return retrying(path, lambda: self.fs.cat_file(path, start=start, end=end))
+
+        def call(timeout: float) -> bytes:
+            return self.fs.cat_file(path, start=start, end=end, **self._timeout(timeout))
+
+        return retrying(path, call)
 
     def cat_ranges(self, name: str, starts: list[int], ends: list[int]) -> list[bytes]:
         """Byte ranges of file ``name`` (the client sends them concurrently), with retries."""
         path = self.path(name)
 
-        def call() -> list[bytes]:
-            parts = self.fs.cat_ranges([path] * len(starts), starts, ends, on_error="raise")
+        def call(timeout: float) -> list[bytes]:
+            paths = [path] * len(starts)
+            parts = self.fs.cat_ranges(
+                paths, starts, ends, on_error="raise", **self._timeout(timeout)
+            )
             return list(parts)
 
         return retrying(path, call)

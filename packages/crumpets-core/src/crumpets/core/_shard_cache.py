@@ -41,13 +41,22 @@ import secrets
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from ._remote import Store
+from ._remote import DEADLINE, MIN_ATTEMPT, Store
 
-__all__ = ["CHUNK", "Prefetcher", "ShardCache"]
+__all__ = ["CHUNK", "FAILED_FOR", "ShardCache"]
 
+# A failed fetch is remembered this long (seconds) in a marker beside the shard: processes
+# that waited for it raise its error at once instead of each trying again for DEADLINE
+# seconds in turn (with 8 workers, minutes).
+FAILED_FOR = DEADLINE + MIN_ATTEMPT
+# How long a fetch waits for the exclusive lock of a shard that is missing yet held shared
+# (its files removed under its readers) before it gives up, naming the shard.
+_WAIT_TO_FETCH = 30.0
+# The errors a failure marker keeps the type of (the first that fits).
+_REMEMBERED = (FileNotFoundError, PermissionError, ValueError, OSError)
 CHUNK = 16 << 20  # bytes per ranged GET of a download; a stop is seen between chunks
 _TEMP = re.compile(r"^\.(?P<entry>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
 
@@ -55,16 +64,6 @@ _TEMP = re.compile(r"^\.(?P<entry>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
 def _stat_key(path: str) -> list[int]:
     st = os.stat(path)
     return [st.st_ino, st.st_size, st.st_ctime_ns]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ShardCache:
@@ -127,9 +126,18 @@ class ShardCache:
                 if state == "ok":
                     os.utime(fd)  # last use, for eviction
                     return fd
+                self._raise_recent_failure(shard, entry)
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 if self._lock_to_fetch(fd, entry, stop) and self._state(entry) == "missing":
-                    self._fetch(shard, entry, stop)
+                    self._raise_recent_failure(shard, entry)
+                    try:
+                        self._fetch(shard, entry, stop)
+                    except (OSError, ValueError) as exc:
+                        if not isinstance(exc, InterruptedError):  # stopped, not failed
+                            self._remember_failure(entry, exc)
+                        raise
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._hidden(entry, "failed"))
                 # then LOCK_SH above turns the exclusive lock into a shared one, leaving
                 # (next to) no gap in which another's eviction could take it
             raise OSError(
@@ -140,6 +148,30 @@ class ShardCache:
         except BaseException:
             os.close(fd)
             raise
+
+    def _remember_failure(self, entry: str, exc: BaseException) -> None:
+        # under the exclusive lock; written whole, by a rename
+        temp = self._hidden(entry + ".failed", f"tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        kind = next(k.__name__ for k in _REMEMBERED if isinstance(exc, k))
+        with open(temp, "x") as f:
+            json.dump({"type": kind, "message": str(exc), "pid": os.getpid()}, f)
+        os.replace(temp, self._hidden(entry, "failed"))
+
+    def _raise_recent_failure(self, shard: dict[str, Any], entry: str) -> None:
+        """Raise the error of a fetch of this shard that failed less than FAILED_FOR s ago."""
+        marker = self._hidden(entry, "failed")
+        try:
+            age = time.time() - os.stat(marker).st_mtime
+            with open(marker) as f:
+                failure = json.load(f)
+        except (OSError, ValueError):
+            return
+        if age < FAILED_FOR:
+            kinds = {kind.__name__: kind for kind in _REMEMBERED}
+            raise kinds.get(failure.get("type"), OSError)(
+                f"{failure.get('message')} (process {failure.get('pid')} fetching "
+                f"{self.store.path(shard['name'])} {age:.0f} s ago)"
+            )
 
     def _lock_to_fetch(self, fd: int, entry: str, stop: threading.Event | None) -> bool:
         """Take the shard's lock exclusively, to fetch it: True once held; False when a
@@ -152,6 +184,7 @@ class ShardCache:
         whether the copy is complete now, and try again a little later.
         """
         delay = 0.001
+        give_up = time.monotonic() + _WAIT_TO_FETCH
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -165,6 +198,13 @@ class ShardCache:
                 return False
             if stop is not None and stop.is_set():
                 raise InterruptedError(f"waiting to fetch {entry} into {self.dir} stopped")
+            if time.monotonic() > give_up:
+                raise OSError(
+                    errno.EBUSY,
+                    f"{os.path.join(self.dir, entry)}: missing from the cache for "
+                    f"{_WAIT_TO_FETCH:.0f} s while other processes hold it (its files were "
+                    "removed under them?); cannot fetch it again",
+                )
             # held shared, yet not complete: others are looking at it too, or hold a copy
             # whose files were removed under them; jittered, so that one of them goes first
             time.sleep(random.uniform(0, delay))
@@ -344,114 +384,26 @@ class ShardCache:
         return self._state(self.entry(shard)) != "missing"
 
     def sweep(self) -> None:
-        """Remove temporaries that processes no longer alive left in this dataset's folder."""
+        """Remove the temporaries of downloads nobody runs (a download holds its shard's
+        lock exclusively; liveness by pid would not see other containers' processes)."""
         for name in os.listdir(self.dir):
             match = _TEMP.match(name)
-            if match and not _pid_alive(int(match["pid"])):
+            if not match:
+                continue
+            entry = match["entry"]
+            for suffix in (*self.files, ".ok", ".failed"):
+                entry = entry.removesuffix(suffix) if entry.endswith(suffix) else entry
+            try:
+                fd = os.open(self._hidden(entry, "lock"), os.O_RDWR)
+            except FileNotFoundError:
+                fd = None  # no lock, no download
+            try:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.dir, name))
-
-
-class Prefetcher:
-    """Fetches the shards the coming batches need, in a thread of the loader's process,
-    and holds them (their locks shared) while they are scheduled.
-
-    Args:
-        cache: the cache to fetch into.
-        shards: the dataset's shards (index.json's entries).
-        shard_of: sample indices -> shard numbers.
-        depth: shards to fetch beyond those of the batch being submitted.
-    """
-
-    def __init__(
-        self,
-        cache: ShardCache,
-        shards: list[dict[str, Any]],
-        shard_of: Callable[[Any], Any],
-        depth: int,
-    ) -> None:
-        self.cache = cache
-        self.shards = shards
-        self.shard_of = shard_of
-        self.depth = depth
-        self._walked: list[tuple[int, list[int]]] = []  # (batch, its shards), from the last
-        self._plan: Any = None
-        self._held: dict[int, int] = {}  # shard -> lock fd
-        self._wanted: list[int] = []
-        self._lock = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.errors: dict[int, BaseException] = {}
-
-    def advance(self, plan: Any, b: int) -> None:
-        """Batch ``b`` of ``plan`` is submitted: schedule the shards of it and of the next
-        batches, up to ``depth`` shards beyond its own.
-
-        Raises:
-            OSError, ValueError: what fetching a shard raised (after its retries), so that
-                the loader's process raises it, naming the shard.
-        """
-        if self.errors:
-            raise next(iter(self.errors.values()))
-        if plan is not self._plan:
-            self._plan, self._walked = plan, []
-        walked = [w for w in self._walked if w[0] >= b]
-        if not walked or walked[0][0] != b:
-            walked = [(b, self._batch_shards(plan, b))]
-        own = set(walked[0][1])
-        wanted = list(dict.fromkeys(s for _, shards in walked for s in shards))
-        k = walked[-1][0]
-        # at most a pass ahead, and never for shards there are not
-        while (
-            len(wanted) - len(own) < self.depth
-            and len(wanted) < len(self.shards)
-            and k - b < plan.batches_per_pass
-        ):
-            k += 1
-            shards = self._batch_shards(plan, k)
-            walked.append((k, shards))
-            wanted.extend(s for s in shards if s not in wanted)
-        self._walked = walked
-        with self._lock:
-            self._wanted = wanted
-            for shard in [s for s in self._held if s not in wanted]:
-                os.close(self._held.pop(shard))  # passed: evictable again
-            self._lock.notify()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="crumpets-prefetch", daemon=True)
-            self._thread.start()
-
-    def _batch_shards(self, plan: Any, b: int) -> list[int]:
-        return list(dict.fromkeys(self.shard_of(plan.batch(b)[1]).tolist()))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                todo = [s for s in self._wanted if s not in self._held and s not in self.errors]
-                if not todo:
-                    self._lock.wait(0.5)
-                    continue
-                shard = todo[0]
-            try:
-                fd = self.cache.acquire(self.shards[shard], self._stop)
-            except BaseException as exc:  # a worker reading it raises it, with its sample
-                self.errors[shard] = exc
-                continue
-            with self._lock:
-                if shard in self._wanted and not self._stop.is_set():
-                    self._held[shard] = fd
-                else:
+            except BlockingIOError:
+                pass  # a download (or a reader) holds it
+            finally:
+                if fd is not None:
                     os.close(fd)
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop fetching and let every held shard go."""
-        self._stop.set()
-        with self._lock:
-            self._lock.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        with self._lock:
-            for fd in self._held.values():
-                os.close(fd)
-            self._held.clear()
-            self._wanted = []

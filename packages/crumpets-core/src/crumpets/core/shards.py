@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import operator
 import os
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -36,8 +37,9 @@ from typing import Any
 import numpy as np
 
 from ._index_files import OFFSETS_SUFFIX, SUFFIX
+from ._prefetch import Prefetcher
 from ._remote import Store, is_url
-from ._shard_cache import Prefetcher, ShardCache
+from ._shard_cache import ShardCache
 from ._shard_format import INDEX, READ_FILES, ShardWriter, parse_size, read_index
 from .dataset import Reader
 from .shm import unpack
@@ -66,8 +68,10 @@ class ShardedReader:
       records in one request), the shard's offsets once per process.
 
     Storage clients are made in the process that uses them, never inherited across fork.
-    Remote calls are retried with backoff (at most 5 tries, 10 s); then an ``OSError``
-    names the file's URL and the cause, and the loader raises it in the main process.
+    Remote calls are retried with backoff (at most 5 tries in 15 s, each cancelled when the
+    time is up); then an ``OSError`` names the file's URL and the cause, and the loader
+    raises it in the main process. Give each loader a ShardedReader of its own: the reader
+    fetches ahead for one loader at a time.
 
     Args:
         url: the dataset's folder or URL (the location of its ``index.json``).
@@ -138,6 +142,18 @@ class ShardedReader:
         self._offsets: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cache: ShardCache | None = None
         self._prefetcher: Prefetcher | None = None
+        _READERS.add(self)
+
+    def _forget(self) -> None:
+        # in a forked child: the parent's open shards hold their locks through descriptors
+        # the child shares (keeping them from eviction while it lives); its prefetcher's
+        # thread does not exist here
+        for reader, fd in self._open.values():
+            reader.close()
+            if fd is not None:
+                os.close(fd)
+        self._open.clear()
+        self._prefetcher = None
 
     @staticmethod
     def _cached_bytes(shard: dict[str, Any]) -> int:
@@ -340,3 +356,14 @@ class ShardedReader:
 
     def __repr__(self) -> str:
         return f"ShardedReader({self.url!r}, shards={len(self.shards)}, len={len(self)})"
+
+
+_READERS: weakref.WeakSet[ShardedReader] = weakref.WeakSet()
+
+
+def _forget_after_fork() -> None:
+    for reader in list(_READERS):
+        reader._forget()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
