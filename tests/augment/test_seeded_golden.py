@@ -19,7 +19,9 @@ arithmetic, so their digest is checked everywhere. The pixels also depend on the
 encoder that makes the inputs and on OpenCV's kernels, so their digests are kept per
 OpenCV version (``GOLDEN_PIXELS``, ``GOLDEN_PIXELS_DEFAULT_RNG``) and checked where the
 inputs encode to the same bytes and OpenCV is a version with digests; elsewhere skipped,
-saying why. Both pixel sets are of the code that antialiased every downscale from 1.8x
+saying why, except where ``CRUMPETS_GOLDEN_PIXELS=required`` (nox's test sessions, which pin
+OpenCV to a version with digests): there a skip would be a failure. Both pixel sets are
+of the code that antialiased every downscale from 1.8x
 (the source shrunk to 2x-4x the target's scale, then 2x2 samples) and gave target pixels
 whose centres map into the source only source pixels and the others the background (the
 source's edge repeated a few pixels outward before the warp, its coverage carried in the
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import cv2
 import numpy as np
@@ -187,11 +190,15 @@ def check(case: str, nworkers: int, golden: dict, golden_pixels: dict) -> None:
     params, pixels = digests(case, nworkers)
     assert params == golden[case], f"{case}: parameters differ from the golden batches"
     inputs = "fcn" if case.startswith("fcn") else "image"
+    # nox's test sessions pin OpenCV and say so: there the pixels are checked, never skipped
+    not_here = (
+        pytest.fail if os.environ.get("CRUMPETS_GOLDEN_PIXELS") == "required" else pytest.skip
+    )
     if cv2.__version__ not in golden_pixels:
         versions = ", ".join(sorted(golden_pixels))
-        pytest.skip(f"pixels: golden digests are of OpenCV {versions}, not {cv2.__version__}")
+        not_here(f"pixels: golden digests are of OpenCV {versions}, not {cv2.__version__}")
     if inputs_digest(make_case(case)[1]) != GOLDEN_INPUTS[inputs]:
-        pytest.skip("pixels: this encoder (or scikit-image) makes other input bytes")
+        not_here("pixels: this encoder (or scikit-image) makes other input bytes")
     expected = golden_pixels[cv2.__version__][case]
     assert pixels == expected, f"{case}: pixels differ from the golden batches"
 
