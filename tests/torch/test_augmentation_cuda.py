@@ -257,3 +257,44 @@ def test_gpu_ops_are_the_schemas_pixel_operations():
 
     assert GPU_OPS == tuple(PIXEL_OPS)
     assert entry_point_names("crumpets.gpu_ops") == sorted(PIXEL_OPS)
+
+
+# --- the reference's calls: 'color' in add_gamma, noise without a seed --------------------
+COLOR_GAMMA = {"gamma_gray": 0.8, "gamma_color": [0.6, 1.0, 1.7], "contrast": 0.2}
+
+
+def test_gamma_color_flag_per_sample(device):
+    """'color': False ignores gamma_color (as the CPU twin's argument); True or absent uses
+    it; each sample of the batch by its own flag."""
+    im = photo_like(3).to(device)
+    augs = [{**COLOR_GAMMA, "color": True}, {**COLOR_GAMMA, "color": False}, COLOR_GAMMA]
+    out = add_gamma(im, augs).cpu().numpy().astype(float)
+    src = im.cpu().numpy()
+    with_color = reference_gamma(np.arange(256.0), 0.8, COLOR_GAMMA["gamma_color"], 0.2)
+    gray_only = reference_gamma(np.arange(256.0), 0.8, None, 0.2)
+    for i, table in enumerate((with_color, gray_only, with_color)):
+        expected = np.stack([table[c][src[i, c]] for c in range(3)])
+        assert np.abs(out[i] - expected).max() <= 0.5 + 1e-9, i
+
+
+@pytest.mark.parametrize("color", [True, False])
+def test_gamma_matches_the_cpu_twin(color):
+    cpu = pytest.importorskip("crumpets.augment.augmentation_cpu")  # not in tests-torch
+    im = photo_like(1)
+    hwc = np.ascontiguousarray(im[0].permute(1, 2, 0).numpy())
+    expected = cpu.add_gamma(hwc, color, 0.8, COLOR_GAMMA["gamma_color"], 0.2)
+    got = add_gamma(im, [{**COLOR_GAMMA, "color": color}])[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(got, expected)  # the same float64 table, rounded alike
+
+
+@pytest.mark.parametrize("kernel", [add_noise_rgb, add_noise_other])
+def test_noise_without_a_seed_draws_one(device, kernel):
+    """The reference's dicts carry only 'noise': like the CPU twin without a seed, each call
+    draws a fresh pattern per sample, of the requested strength."""
+    flat = torch.full((2, 3, 128, 128), 128, dtype=torch.uint8, device=device)
+    augs = [{"noise": 0.25}, {"noise": 0.25, "noise_seed": None}]
+    out = kernel(flat, augs).float() - 128
+    std = out.std(dim=(2, 3)).cpu()
+    assert ((std[:, [0, 2]] / (0.25 * 64) - 1).abs() < 0.1).all()
+    assert not torch.equal(out[0], out[1])
+    assert not torch.equal(out, kernel(flat, augs).float() - 128)

@@ -5,7 +5,8 @@ image within one grey level. crumpets-torch does not depend on crumpets-augment,
 formulas are restated here:
 
 - gamma, color, contrast: for input level ``x`` in [0, 1] and channel ``c``,
-  ``y = x ** (gamma_gray * gamma_color[c])``; contrast ``k > 0``:
+  ``y = x ** (gamma_gray * gamma_color[c])`` (``gamma_color`` only for 3 channels and
+  where the sample's optional ``'color'`` flag, default True, is set); contrast ``k > 0``:
   ``y += k * (0.5 - 0.5 * cos(pi * y) - y)``; ``k < 0``: ``y = 0.5 + (y - 0.5) * (1 + k)``.
   uint8 images go through one lookup table per (image, channel), computed in float64 and
   rounded like the CPU's table.
@@ -16,9 +17,11 @@ formulas are restated here:
   ``sigma / sqrt(2)``. The pattern is the CPU's: the window of the fixed table of standard
   normal samples (``crumpets.core.params.NOISE_TABLE_*``) that starts at
   ``noise_seed % (table size - image size + 1)``, in planar (CHW) order, so CPU and GPU
-  add the same noise. Images larger than the table get fresh samples from one torch
-  generator seeded with the batch's seeds (the CPU uses OpenCV's generator there): the
-  same in distribution only, and reproducible per batch, not per sample.
+  add the same noise. A sample without ``noise_seed`` (or with None) gets a fresh one from
+  the OS's entropy, as the CPU kernels do without a seed: a new pattern on every call.
+  Images larger than the table get fresh samples from one torch generator seeded with the
+  batch's seeds (the CPU uses numpy's generator there): the same in distribution only, and
+  reproducible per batch, not per sample.
 
 Each kernel works on the whole batch: the batch's parameters go to the device as one
 float64 tensor, in one copy, and each operation is a fixed number of batched torch calls
@@ -61,14 +64,43 @@ __all__ = [
 
 GREEN_RGB = 1 / math.sqrt(2)  # noise sigma of green relative to red and blue (sensor-like)
 
-# Columns of a batch's parameter matrix (one float64 row per sample; see _gather):
-# 0-2 gamma of channels 0..2 (gamma_gray * gamma_color[c]); 3 contrast if > 0, else 0;
-# 4 contrast if < 0, else 0; 5-7 noise sigma of channels 0..2, in the image's units;
-# 8 noise window offset; 9 blur sigma; 10 blur radius (0: off); from 11 on the blur taps,
-# centred, padded with zeros to the batch's largest radius. The neutral row changes
+# The columns of a batch's parameter matrix (one float64 row per sample; see _gather), in
+# order: (name, width, neutral value). They hold values derived from the schema's parameters
+# (a gamma per channel, contrast split by sign, a noise sigma per channel, ...), not the
+# parameters themselves, so the layout is declared here rather than read from
+# crumpets.core.params. Per-channel columns hold channels 0..2. The neutral row changes
 # nothing: gamma 1, contrast 0, sigma 0, radius 0.
-_NEUTRAL = (1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+_LAYOUT = (
+    ("gamma", 3, 1.0),  # gamma_gray * gamma_color[c]
+    ("contrast_pos", 1, 0.0),  # contrast if > 0, else 0
+    ("contrast_neg", 1, 0.0),  # contrast if < 0, else 0
+    ("noise_sigma", 3, 0.0),  # in the image's units
+    ("noise_offset", 1, 0.0),  # where the sample's window of the noise table starts
+    ("blur_sigma", 1, 0.0),
+    ("blur_radius", 1, 0.0),  # 0: no blur
+)
+_NEUTRAL = tuple(neutral for _, width, neutral in _LAYOUT for _ in range(width))
 _TAPS = len(_NEUTRAL)
+
+
+def _column_slices() -> dict[str, slice]:
+    """Each name of :data:`_LAYOUT` -> its columns, and 'taps' -> the columns after them."""
+    columns, start = {}, 0
+    for name, width, _ in _LAYOUT:
+        columns[name] = slice(start, start + width)
+        start += width
+    # the blur taps follow: centred, padded with zeros to the batch's largest radius
+    columns["taps"] = slice(start, None)
+    return columns
+
+
+_COLUMNS = _column_slices()
+
+
+def _channels(name: str, c: int) -> slice:
+    """The columns of per-channel ``name`` for the first ``c`` channels."""
+    start = _COLUMNS[name].start
+    return slice(start, start + c)
 
 
 def param(aug: dict, key: str, index: int) -> Any:
@@ -82,9 +114,14 @@ def param(aug: dict, key: str, index: int) -> Any:
         ) from None
 
 
+# Parameters a sample may leave out: the kernel draws them, as the CPU twins do.
+_DRAWN = frozenset({"noise_seed"})
+
+
 def _values(aug: dict, op: str, index: int) -> list[Any]:
-    """The parameters of pixel operation ``op`` in sample ``index``, as they are."""
-    return [param(aug, key, index) for key in PIXEL_OPS[op]]
+    """The parameters of pixel operation ``op`` in sample ``index``, as they are (None for
+    a missing one of :data:`_DRAWN`)."""
+    return [aug.get(key) if key in _DRAWN else param(aug, key, index) for key in PIXEL_OPS[op]]
 
 
 def _check(aug: dict, ops: Sequence[str], index: int) -> None:
@@ -110,17 +147,20 @@ def _gamma_row(row: list[float], gray: Any, color: Any, k: Any, channels: int) -
             raise ValueError("gamma_color needs 3 values")
         g = [a * float(c) for a, c in zip(g, color)]  # the CPU table's products
     k = float(k or 0.0)
-    row[0:5] = [*g, max(k, 0.0), min(k, 0.0)]
+    row[_COLUMNS["gamma"]] = g
+    row[_COLUMNS["contrast_pos"]] = [max(k, 0.0)]
+    row[_COLUMNS["contrast_neg"]] = [min(k, 0.0)]
 
 
 def _noise_row(
     row: list[float], strength: Any, seed: Any, green: float, channels: int, size: int, top: float
 ) -> None:
     sigma = NOISE_SCALE * float(strength or 0.0) * top / 255.0
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):  # None drawn before
         raise TypeError("noise_seed must be an int")
-    offset = int(seed or 0) % (NOISE_TABLE_SIZE - size + 1) if size <= NOISE_TABLE_SIZE else 0
-    row[5:9] = [sigma, sigma * green if channels == 3 else sigma, sigma, float(offset)]
+    offset = int(seed) % (NOISE_TABLE_SIZE - size + 1) if size <= NOISE_TABLE_SIZE else 0
+    row[_COLUMNS["noise_sigma"]] = [sigma, sigma * green if channels == 3 else sigma, sigma]
+    row[_COLUMNS["noise_offset"]] = [float(offset)]
 
 
 def _blur_row(row: list[float], blur: Any, width: int, limit: int) -> None:
@@ -136,17 +176,31 @@ def _blur_row(row: list[float], blur: Any, width: int, limit: int) -> None:
         if 255 * (1 - 1 / (taps * taps)) < 0.5:
             return
     # reflect-101 padding needs radius < size; wider kernels only touch edge pixels more
-    row[9:11] = [sigma, float(min(radius, limit))]
+    row[_COLUMNS["blur_sigma"]] = [sigma]
+    row[_COLUMNS["blur_radius"]] = [float(min(radius, limit))]
 
 
 def _taps(rows: np.ndarray) -> np.ndarray:
     """Every sample's normalised Gaussian taps exp(-j^2 / (2 sigma^2)) for |j| up to its
     radius, centred in 2R+1 columns (R the largest radius; radius 0: the identity)."""
-    radius = rows[:, 10:11]
+    radius = rows[:, _COLUMNS["blur_radius"]]
     j = np.arange(-radius.max(), radius.max() + 1)
-    sigma = np.where(radius > 0, rows[:, 9:10], 1.0)
+    sigma = np.where(radius > 0, rows[:, _COLUMNS["blur_sigma"]], 1.0)
     taps = np.where(np.abs(j) <= radius, np.exp(-(j * j) / (2 * sigma * sigma)), 0.0)
     return taps / taps.sum(1, keepdims=True)
+
+
+def _noise_seeds(augs: Sequence[dict], on: Sequence[bool]) -> list[Any]:
+    """Each sample's 'noise_seed'. A sample with noise on and no seed (missing or None) gets
+    a fresh one from the OS's entropy, as the CPU twins draw theirs: a new pattern on every
+    call, never the global generator. Samples with noise off keep theirs, or 0."""
+    seeds = [aug.get("noise_seed") for aug in augs]
+    missing = [i for i, (seed, wants) in enumerate(zip(seeds, on)) if wants and seed is None]
+    if missing:
+        fresh = np.random.default_rng().integers(2**31, size=len(missing))
+        for i, seed in zip(missing, fresh.tolist()):
+            seeds[i] = seed
+    return [0 if seed is None else seed for seed in seeds]
 
 
 def _gather(
@@ -155,10 +209,11 @@ def _gather(
     wanted: Mapping[str, Sequence[bool]],
     green: float,
     maxv: float | None,
+    seeds: Sequence[Any],
 ) -> tuple[torch.Tensor, int]:
     """The parameters of the operations in ``wanted`` (op -> which samples get it), as a
-    float64 (N, W, 1, 1) tensor on the image's device (one copy; columns above), and the
-    blur's largest radius."""
+    float64 (N, W, 1, 1) tensor on the image's device (one copy; columns in :data:`_LAYOUT`),
+    and the blur's largest radius. ``seeds``: :func:`_noise_seeds`, where noise is wanted."""
     n, c, h, w = im.shape
     if len(augs) != n:
         raise ValueError(f"{len(augs)} augmentation dicts for a batch of {n} images")
@@ -170,10 +225,11 @@ def _gather(
         try:
             if gamma is not None and gamma[i]:
                 gray, color, k = _values(aug, "gamma", i)
-                _gamma_row(row, gray, color, k, c)
+                # the reference's 'color' flag, as the CPU twin's: False ignores gamma_color
+                _gamma_row(row, gray, color if aug.get("color", True) else None, k, c)
             if noise is not None and noise[i]:
-                strength, seed = _values(aug, "noise", i)
-                _noise_row(row, strength, seed, green, c, size, top)
+                strength = param(aug, "noise", i)
+                _noise_row(row, strength, seeds[i], green, c, size, top)
             if blur is not None and blur[i]:
                 (amount,) = _values(aug, "blur", i)
                 _blur_row(row, amount, w, limit)
@@ -186,13 +242,15 @@ def _gather(
     # instead of a check per parameter and sample): gammas > 0, contrast in [-1, 1],
     # noise >= 0, all finite; the first bad sample is then named
     with np.errstate(invalid="ignore"):
-        valid = np.isfinite(host).all(1) & (host[:, :3] > 0).all(1) & (host[:, 5:8] >= 0).all(1)
-        valid &= (host[:, 3] <= 1) & (host[:, 4] >= -1)
+        valid = np.isfinite(host).all(1) & (host[:, _COLUMNS["gamma"]] > 0).all(1)
+        valid &= (host[:, _COLUMNS["noise_sigma"]] >= 0).all(1)
+        valid &= (host[:, _COLUMNS["contrast_pos"]] <= 1).all(1)
+        valid &= (host[:, _COLUMNS["contrast_neg"]] >= -1).all(1)
     if not valid.all():
         i = int(np.flatnonzero(~valid)[0])
         _check(augs[i], [op for op, on in wanted.items() if on[i]], i)
         raise ValueError(f"augmentation of sample {i} in the batch: invalid parameters")
-    radius = int(host[:, 10].max(initial=0))
+    radius = int(host[:, _COLUMNS["blur_radius"]].max(initial=0))
     if radius:
         host = np.hstack([host, _taps(host)])
     p = torch.from_numpy(host).to(im.device, non_blocking=True)
@@ -235,22 +293,24 @@ def _curves(
 
 def _gamma(im: torch.Tensor, p: torch.Tensor, maxv: float | None) -> torch.Tensor:
     n, c = im.shape[:2]
+    g = p[:, _channels("gamma", c)]
+    k_pos, k_neg = p[:, _COLUMNS["contrast_pos"]], p[:, _COLUMNS["contrast_neg"]]
     if im.dtype == torch.uint8:
         # one table per (image, channel), applied with one lookup of level + table start
-        y = _curves(_log_levels(im.device), p[:, :c], p[:, 3:4], p[:, 4:5])
+        y = _curves(_log_levels(im.device), g, k_pos, k_neg)
         tables = y.mul_(255.0).round_().to(torch.uint8)  # y is in [0, 1]: no clipping
         index = im + _table_starts(im.device, n, c)  # int32
         return tables.view(-1).index_select(0, index.view(-1)).view(im.shape)
     top = _top(maxv)
     log_x = (im / top).clamp_(0, 1).log_().float()
-    y = _curves(log_x, p[:, :c].float(), p[:, 3:4].float(), p[:, 4:5].float())
+    y = _curves(log_x, g.float(), k_pos.float(), k_neg.float())
     return y.mul_(top).to(im.dtype)
 
 
 def _blur(im: torch.Tensor, p: torch.Tensor, radius: int) -> torch.Tensor:
     n, c, h, w = im.shape
     work = torch.float64 if im.dtype == torch.float64 else torch.float32
-    taps = p[:, _TAPS:].to(work).repeat_interleave(c, 0)  # one row per (image, channel)
+    taps = p[:, _COLUMNS["taps"]].to(work).repeat_interleave(c, 0)  # one row per (image, channel)
     # one grouped convolution per direction over all planes; the rows of the padded
     # border are reflected rows, so padding once before both passes is the same as
     # padding before each
@@ -263,26 +323,27 @@ def _blur(im: torch.Tensor, p: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def _noise(
-    im: torch.Tensor, p: torch.Tensor, augs: Sequence[dict], minv: float | None, top: float
+    im: torch.Tensor, p: torch.Tensor, seeds: Sequence[Any], minv: float | None, top: float
 ) -> torch.Tensor:
     n, c, h, w = im.shape
     if c * h * w <= NOISE_TABLE_SIZE:
         # each sample's window of the table: rows of a strided view of all windows
         windows = _noise_table(im.device).unfold(0, c * h * w, 1)
-        z = windows.index_select(0, p[:, 8].view(n).to(torch.int64)).view(im.shape)
+        offsets = p[:, _COLUMNS["noise_offset"]].view(n).to(torch.int64)
+        z = windows.index_select(0, offsets).view(im.shape)
     else:
-        z = torch.randn(im.shape, generator=_batch_generator(augs, im.device), device=im.device)
-    x = torch.addcmul(im, z, p[:, 5 : 5 + c].float())  # float32 (type promotion)
+        z = torch.randn(im.shape, generator=_batch_generator(seeds, im.device), device=im.device)
+    x = torch.addcmul(im, z, p[:, _channels("noise_sigma", c)].float())  # float32 (type promotion)
     if im.is_floating_point():
         return x.clamp_(float(minv or 0.0), top).to(im.dtype)
     # round half to even and saturate, like OpenCV's conversion to uint8
     return x.round_().clamp_(0, top).to(im.dtype)
 
 
-def _batch_generator(augs: Sequence[dict], device: torch.device) -> torch.Generator:
+def _batch_generator(seeds: Sequence[Any], device: torch.device) -> torch.Generator:
     seed = 0
-    for i, aug in enumerate(augs):
-        seed = (seed * 6364136223846793005 + int(param(aug, "noise_seed", i) or 0) + 1) % 2**63
+    for sample_seed in seeds:
+        seed = (seed * 6364136223846793005 + int(sample_seed) + 1) % 2**63
     return torch.Generator(device=device).manual_seed(seed)
 
 
@@ -307,7 +368,8 @@ def apply_pixel_ops(
 
     Args:
         im: NCHW images, uint8 or floating point.
-        augs: one parameter dict per image.
+        augs: one parameter dict per image (see :func:`add_gamma`, :func:`add_blur` and
+            :func:`add_noise_rgb` for what each operation reads).
         wanted: operation name -> one bool per image; operations not named are not applied.
         green: noise sigma of channel 1 of 3 relative to the others (1 for plain noise).
         minv, maxv: value range of floating point images (default 0, 255).
@@ -328,13 +390,14 @@ def apply_pixel_ops(
     wanted = {op: on for op, on in wanted.items() if any(on)}
     if not wanted:
         return im
-    p, radius = _gather(im, augs, wanted, green, maxv)
+    seeds = _noise_seeds(augs, wanted["noise"]) if "noise" in wanted else []
+    p, radius = _gather(im, augs, wanted, green, maxv, seeds)
     if "gamma" in wanted:
         im = _gamma(im, p, maxv)
     if radius:
         im = _blur(im, p, radius)
     if "noise" in wanted:
-        im = _noise(im, p, augs, minv, _top(maxv))
+        im = _noise(im, p, seeds, minv, _top(maxv))
     return im
 
 
@@ -344,7 +407,9 @@ def add_gamma(im_tensor: torch.Tensor, augs: list[dict], maxv: float | None = No
 
     Args:
         im_tensor: NCHW images, uint8 or floating point.
-        augs: per image a dict with 'gamma_gray', 'gamma_color' and 'contrast' (None: off).
+        augs: per image a dict with 'gamma_gray', 'gamma_color' and 'contrast' (None: off),
+            and optionally 'color' (default True): False ignores 'gamma_color', as the CPU
+            twin's ``color`` argument does.
         maxv: value of white for floating point images; default 255.
 
     Returns:
@@ -381,7 +446,9 @@ def add_noise_rgb(
 
     Args:
         im: NCHW images, uint8 or floating point.
-        augs: per image a dict with 'noise' (strength or None) and 'noise_seed'.
+        augs: per image a dict with 'noise' (strength or None) and optionally 'noise_seed',
+            which places the pattern; without it (or None), a fresh seed from the OS's
+            entropy, as the CPU twin draws: a new pattern on every call.
         minv: lowest value of floating point images (default 0); uint8 saturates at 0.
         maxv: value of white; default 255.
         internal_ftype: unused; noise is computed in float32.
