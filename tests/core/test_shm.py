@@ -1,4 +1,4 @@
-"""Shared buffer sets and the msgpack codec."""
+"""Shared buffer sets: the pool, its memory files and the room check."""
 
 from __future__ import annotations
 
@@ -11,44 +11,11 @@ import numpy as np
 import pytest
 from _leaks import dev_shm_entries as shm_segments_in_dev_shm
 from _leaks import memory_files
-from hypothesis import given
-from hypothesis.extra import numpy as hnp
 
-from crumpets.core import _platform, shm
-from crumpets.core.shm import DummyBufferManager, SharedBufferManager, pack, shared_array, unpack
+from crumpets.core import _memory, shm
+from crumpets.core.shm import DummyBufferManager, SharedBufferManager, shared_array
 
 SPECS = {"image": ((3, 4, 5), np.uint8, (1, 2, 3)), "label": ((1,), np.int64)}
-
-
-@given(
-    hnp.arrays(
-        hnp.scalar_dtypes(),
-        hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
-    )
-)
-def test_codec_round_trips_arrays(arr):
-    out = unpack(pack({"a": arr, "nested": [arr, 1, "x"]}))
-    np.testing.assert_array_equal(out["a"], arr)
-    assert out["a"].dtype == arr.dtype and out["a"].shape == arr.shape
-    assert out["a"].flags.writeable
-    assert out["nested"][1:] == [1, "x"]
-
-
-def test_codec_reads_msgpack_numpy_layout():
-    import msgpack
-
-    arr = np.arange(6, dtype="<i2").reshape(2, 3)
-    legacy = {b"nd": True, b"type": "<i2", b"kind": b"", b"shape": [2, 3], b"data": arr.tobytes()}
-    out = unpack(msgpack.packb({"image": legacy, "label": 4}, use_bin_type=True))
-    np.testing.assert_array_equal(out["image"], arr)
-    assert out["label"] == 4
-
-
-def test_codec_rejects_objects():
-    with pytest.raises(TypeError, match="object"):
-        pack(np.array([object()]))
-    with pytest.raises(TypeError, match="set"):
-        pack({1, 2})
 
 
 def test_shared_slots_are_views_and_return_when_views_die():
@@ -105,6 +72,129 @@ def test_dummy_manager_makes_filled_private_buffers():
     assert a["image"][0, 2].min() == 3
     out = manager.unpack(manager.pack(a))
     np.testing.assert_array_equal(out["image"], a["image"])
+
+
+# -- next(): crumpets 3's way to take a set ----------------------------------------------
+def test_next_takes_a_free_set_until_its_arrays_are_gone():
+    manager = SharedBufferManager(2, 4, SPECS)
+    try:
+        first, second = manager.next(), manager.next()
+        assert first is not None and second is not None
+        assert set(first) == set(SPECS) and first["image"].shape == (4, 3, 4, 5)
+        assert not np.shares_memory(first["image"], second["image"])
+        first["label"][:, 0] = [1, 2, 3, 4]  # writable, in the pool
+        assert manager.free == 0 and manager.acquire() is None
+        with pytest.raises(TimeoutError, match="no buffer set"):
+            manager.next(timeout=0.05)
+        view = first["label"][1:]
+        del first
+        assert manager.free == 0  # a view of one buffer holds the whole set
+        del view
+        assert manager.free == 1
+        again = manager.next(timeout=0)
+        assert again is not None and again["label"][:, 0].tolist() == [1, 2, 3, 4]
+    finally:
+        manager.close()
+
+
+def test_a_set_from_next_belongs_to_the_message_then_to_the_receiver():
+    manager = SharedBufferManager(2, 4, SPECS)
+    try:
+        buffers = manager.next()
+        assert buffers is not None
+        buffers["label"][:, 0] = [5, 6, 7, 8]
+        message = manager.pack({"batch": buffers, "meta": 1})
+        assert len(message) < 200  # references, not the data
+        del buffers
+        assert manager.free == 1  # the message, not yet unpacked, holds the set
+        out = manager.unpack(message)
+        assert out["batch"]["label"][:, 0].tolist() == [5, 6, 7, 8] and out["meta"] == 1
+        assert out["batch"]["label"].base is not None  # a view of the pool, not a copy
+        image = out["batch"]["image"]
+        del out
+        assert manager.free == 1  # the receiver still holds one of its arrays
+        del image
+        assert manager.free == 2
+    finally:
+        manager.close()
+
+
+def test_a_set_from_next_that_is_never_sent_returns_with_its_arrays():
+    manager = SharedBufferManager(1, 4, SPECS)
+    try:
+        buffers = manager.next()
+        assert manager.free == 0
+        del buffers
+        assert manager.free == 1
+        cycle: list = [manager.next()]
+        cycle.append(cycle)  # only a garbage collection frees it
+        del cycle
+        assert manager.next(timeout=1) is not None  # next collects before it waits
+    finally:
+        manager.close()
+
+
+def test_next_blocks_until_another_thread_drops_a_set():
+    import threading
+    import time
+
+    manager = SharedBufferManager(1, 2, SPECS)
+    try:
+        held = [manager.next()]
+        dropper = threading.Timer(0.2, held.clear)
+        start = time.monotonic()
+        dropper.start()
+        buffers = manager.next(timeout=10)
+        assert buffers is not None and time.monotonic() - start >= 0.15
+        dropper.join()
+    finally:
+        manager.close()
+
+
+def test_close_wakes_a_thread_waiting_in_next():
+    import threading
+
+    manager = SharedBufferManager(1, 2, SPECS)
+    held = manager.next()
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(manager.next()))
+    waiter.start()
+    waiter.join(0.1)
+    assert waiter.is_alive()  # blocked: the only set is held
+    manager.close()
+    waiter.join(5)
+    assert not waiter.is_alive() and got == [None]
+    assert manager.next() is None
+    assert held is not None and held["label"].shape == (2, 1)  # still valid after close
+
+
+def _next_in_child(manager: SharedBufferManager) -> None:
+    try:
+        manager.next(timeout=0)
+    except RuntimeError:
+        os._exit(3)
+    os._exit(0)
+
+
+def test_next_is_refused_outside_the_process_that_owns_the_free_sets():
+    import multiprocessing as mp
+
+    manager = SharedBufferManager(2, 2, SPECS)
+    try:
+        with pytest.raises(RuntimeError, match="buffers\\(slot\\)"):
+            pickle.loads(pickle.dumps(manager)).next(timeout=0)
+        proc = mp.get_context("fork").Process(target=_next_in_child, args=(manager,))
+        proc.start()
+        proc.join()
+        assert proc.exitcode == 3
+        assert manager.free == 2  # the child took nothing from this pool
+    finally:
+        manager.close()
+
+
+def test_dummy_manager_does_not_support_next():
+    with pytest.raises(NotImplementedError, match="buffers"):
+        DummyBufferManager(2, SPECS).next()
 
 
 def test_shared_array_is_shared_with_forked_children():
@@ -264,7 +354,7 @@ def test_cgroup_v2_limits_of_the_cgroup_and_its_parents(tmp_path):
     write(fs / "memory.stat", "anon 40000\nfile 30000\nactive_file 10000\ninactive_file 20000\n")
     write(tmp_path / "cgroup.txt", "0::/job\n")
     write(tmp_path / "mountinfo", mountinfo(("/", fs, "cgroup2", "rw")))
-    found = _platform._cgroup_limits(str(tmp_path / "cgroup.txt"), str(tmp_path / "mountinfo"))
+    found = _memory._cgroup_limits(str(tmp_path / "cgroup.txt"), str(tmp_path / "mountinfo"))
     # page cache is reclaimable: 100,000 - (70,000 - 30,000) bytes left
     assert found == [
         (60000, f"the cgroup memory limit {fs}/memory.max (100,000 bytes, 40,000 in use)")
@@ -286,7 +376,7 @@ def test_cgroup_v1_memory_controller_and_a_mount_of_a_subtree(tmp_path):
             ("/", tmp_path / "unified", "cgroup2", "rw"),  # no memory files there
         ),
     )
-    found = _platform._cgroup_limits(str(tmp_path / "cgroup.txt"), str(tmp_path / "mountinfo"))
+    found = _memory._cgroup_limits(str(tmp_path / "cgroup.txt"), str(tmp_path / "mountinfo"))
     assert found == [
         (
             8108864,
@@ -302,13 +392,13 @@ def test_cgroup_v1_without_a_limit_and_without_cgroups(tmp_path):
     write(fs / "memory.usage_in_bytes", "60000000\n")
     write(tmp_path / "cgroup.txt", "4:memory:/\n")
     write(tmp_path / "mountinfo", mountinfo(("/", fs, "cgroup", "rw,memory")))
-    assert _platform._cgroup_limits(str(tmp_path / "cgroup.txt"), str(tmp_path / "mountinfo")) == []
-    assert _platform._cgroup_limits(str(tmp_path / "none"), str(tmp_path / "mountinfo")) == []
+    assert _memory._cgroup_limits(str(tmp_path / "cgroup.txt"), str(tmp_path / "mountinfo")) == []
+    assert _memory._cgroup_limits(str(tmp_path / "none"), str(tmp_path / "mountinfo")) == []
 
 
 def test_pool_that_exceeds_a_memory_limit_is_refused_naming_the_limit(monkeypatch):
     limit = "the cgroup memory limit /sys/fs/cgroup/job/memory.max (1,000,000 bytes, 0 in use)"
-    monkeypatch.setattr(_platform, "_cgroup_limits", lambda: [(1_000_000, limit)])
+    monkeypatch.setattr(_memory, "_cgroup_limits", lambda: [(1_000_000, limit)])
     assert shm.available_memory() == (1_000_000, limit)
     for anonymous in (True, False):
         with pytest.raises(OSError, match="buffers") as info:

@@ -82,7 +82,6 @@ class Dispatcher:
         work_address: zmq address workers pull requests from.
         result_address: zmq address workers push results to.
         daemon: daemon flag of the processes; None uses the template's.
-        gpu_augmentation: passed to the workers; None keeps the template's.
         source: a dataset the workers read requested samples from by index; None when
             requests carry the samples' bytes.
     """
@@ -94,7 +93,6 @@ class Dispatcher:
         work_address: str,
         result_address: str,
         daemon: bool | None = None,
-        gpu_augmentation: bool | None = None,
         source: Any = None,
     ):
         self.worker_template = worker_template
@@ -102,7 +100,6 @@ class Dispatcher:
         self.work_address = work_address
         self.result_address = result_address
         self.daemon = worker_template.daemon if daemon is None else daemon
-        self.gpu_augmentation = gpu_augmentation
         self.source = source
         self.processes: list[Any] = []
 
@@ -111,8 +108,6 @@ class Dispatcher:
         with self.worker_template.starting():
             for i in range(self.nworkers):
                 worker = copy.copy(self.worker_template)
-                if self.gpu_augmentation is not None:
-                    worker.set_gpu_augmentation(self.gpu_augmentation)
                 # typeshed's get_context(str) returns BaseContext, which lacks Process;
                 # every real context (fork, spawn, forkserver) has it
                 proc = context.Process(  # type: ignore[attr-defined]
@@ -224,7 +219,6 @@ class Pipeline:
         nworkers: number of worker processes.
         buffer_manager: SharedBufferManager or DummyBufferManager.
         max_in_flight: most requests outstanding at once.
-        gpu_augmentation: passed to the workers; None keeps the template's.
         stall_timeout: seconds without any message from the workers, while waiting for
             one, after which their stacks are dumped to stderr and TimeoutError is
             raised; None waits forever.
@@ -239,7 +233,6 @@ class Pipeline:
         nworkers: int,
         buffer_manager: Any,
         max_in_flight: int,
-        gpu_augmentation: bool | None = None,
         stall_timeout: float | None = 300.0,
         poll_interval: float = 1.0,
         source: Any = None,
@@ -248,7 +241,6 @@ class Pipeline:
         self.nworkers = nworkers
         self.buffer_manager = buffer_manager
         self.max_in_flight = max_in_flight
-        self.gpu_augmentation = gpu_augmentation
         self.stall_timeout = stall_timeout
         self.poll_interval = poll_interval
         self.source = source
@@ -273,7 +265,6 @@ class Pipeline:
                     self.nworkers,
                     work,
                     result,
-                    gpu_augmentation=self.gpu_augmentation,
                     source=self.source,
                 )
                 self.dispatcher.start()
@@ -286,7 +277,6 @@ class Pipeline:
                     self.nworkers,
                     self.producer.address,
                     self.consumer.address,
-                    gpu_augmentation=self.gpu_augmentation,
                     source=self.source,
                 )
                 self.dispatcher.start()

@@ -1,4 +1,4 @@
-"""Shared-memory buffer sets and the msgpack codec that references them.
+"""Shared-memory buffer sets, and the messages that reference them instead of copying.
 
 One shared mapping holds ``num_buffers`` buffer sets; a set holds one array per buffer
 spec, each ``(batch_size,) + shape``. The loader's main process hands a free set (a
@@ -14,13 +14,18 @@ inherit: it has no name in /dev/shm, so /dev/shm's size (64 MB in a default Dock
 container) does not limit it and no kill can leave it behind; the kernel frees it when
 the last process holding it ends. Elsewhere, and for spawned workers, it is a named
 segment in /dev/shm whose name is removed as soon as every worker has mapped it.
+
+The plain msgpack codec (:func:`pack`, :func:`unpack`) lives in :mod:`crumpets.core._codec`
+and is re-exported here, where crumpets 3 had it.
 """
 
 from __future__ import annotations
 
 import collections
+import gc
 import mmap
 import os
+import time
 import uuid
 import weakref
 from typing import Any
@@ -29,13 +34,14 @@ import msgpack
 import numpy as np
 
 from ._buffers import make_buffer, make_bufferspec, make_fill_value
-from ._platform import (
-    _memory_file,
-    _MemoryFile,
-    _NamedSegment,
+from ._codec import decode_ext, encode, pack, unpack
+from ._memory import (
+    MemoryFile,
+    NamedSegment,
     available_memory,
     check_memory,
     check_shm_space,
+    memory_file,
 )
 
 __all__ = [
@@ -49,7 +55,6 @@ __all__ = [
     "unpack",
 ]
 
-EXT_NDARRAY = 1
 EXT_SHARED = 2
 # Cache-line alignment keeps every buffer's rows aligned for vectorised kernels.
 ALIGN = 64
@@ -57,62 +62,6 @@ ALIGN = 64
 
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
-
-
-def _pack_array(arr: np.ndarray) -> msgpack.ExtType:
-    if arr.dtype.hasobject:
-        raise TypeError(f"cannot pack an array of dtype {arr.dtype}; use a numeric dtype")
-    if not arr.flags.c_contiguous:
-        arr = arr.copy(order="C")  # not ascontiguousarray: it turns 0-d arrays into 1-d
-    raw = arr.reshape(-1).view(np.uint8).data  # a memoryview of the bytes, not a copy
-    return msgpack.ExtType(EXT_NDARRAY, msgpack.packb([arr.dtype.str, arr.shape, raw]))
-
-
-def _unpack_array(data: bytes) -> np.ndarray:
-    dtype, shape, raw = msgpack.unpackb(data)
-    # bytes are read-only; a writable copy behaves like any other array downstream
-    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
-
-
-def _default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return _pack_array(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot pack object of type {type(obj).__name__} with msgpack")
-
-
-def _ext_hook(code: int, data: bytes) -> Any:
-    if code == EXT_NDARRAY:
-        return _unpack_array(data)
-    return msgpack.ExtType(code, data)
-
-
-def _msgpack_numpy_hook(obj: dict) -> Any:
-    # Datasets written with msgpack_numpy encode arrays as dicts; decode them too.
-    nd = obj.get(b"nd", obj.get("nd"))
-    if nd is None or len(obj) > 5:
-        return obj
-    get = obj.get
-    dtype, data = get(b"type", get("type")), get(b"data", get("data"))
-    if dtype is None or data is None:
-        return obj
-    dtype = np.dtype(dtype.decode() if isinstance(dtype, bytes) else dtype)
-    if nd is True:
-        return np.frombuffer(data, dtype=dtype).reshape(get(b"shape", get("shape"))).copy()
-    return np.frombuffer(data, dtype=dtype)[0]
-
-
-def pack(obj: Any) -> bytes:
-    """Pack an object with msgpack; numpy arrays and scalars are supported."""
-    return msgpack.packb(obj, default=_default, use_bin_type=True)
-
-
-def unpack(data: Any) -> Any:
-    """Unpack msgpack bytes made by :func:`pack` (or by msgpack_numpy)."""
-    return msgpack.unpackb(
-        data, raw=False, ext_hook=_ext_hook, object_hook=_msgpack_numpy_hook, strict_map_key=False
-    )
 
 
 def shared_array(shape: Any, dtype: Any = np.float32) -> np.ndarray:
@@ -183,6 +132,17 @@ class DummyBufferManager(_BufferManagerBase):
     def fill(self, buffers: dict[str, np.ndarray], n: int) -> None:
         pass  # make_buffer already filled them
 
+    def next(self) -> dict[str, np.ndarray]:
+        """Not supported, as in crumpets 3: there is no pool to take a set from.
+
+        Raises:
+            NotImplementedError: always; :meth:`buffers` makes fresh arrays.
+        """
+        raise NotImplementedError(
+            "DummyBufferManager does not support next: it has no pool of buffer sets; "
+            "buffers() makes fresh arrays"
+        )
+
     def acquire(self) -> int | None:
         return None
 
@@ -213,6 +173,11 @@ class SharedBufferManager(_BufferManagerBase):
     with it. The slot is free again once every array returned by :meth:`unpack` is gone.
     Storing those arrays permanently exhausts the pool; the loader detects that and
     raises instead of waiting forever.
+
+    crumpets 3's usage works too, with sender and receiver in the process that created
+    the pool (threads): the sender calls :meth:`next` for a set of free buffers, fills
+    them and sends :meth:`pack` of them; the receiver calls :meth:`unpack` and drops the
+    arrays when done.
 
     The memory is an anonymous memory file where the system has one (Linux's
     ``memfd_create``) and ``anonymous`` is True: forked processes inherit its mapping,
@@ -259,7 +224,7 @@ class SharedBufferManager(_BufferManagerBase):
         self.nbytes = self.set_size * self.num_buffers
         # The pid in the name tells whose pool it is (/dev/shm, or /proc/PID/fd of a memfd).
         name = f"crumpets_{os.getpid()}_{uuid.uuid4().hex[:12]}"
-        fd = _memory_file(name, self.nbytes) if anonymous else None
+        fd = memory_file(name, self.nbytes) if anonymous else None
         self.anonymous = fd is not None
         what = f"shared memory pool ({self.num_buffers} buffer sets of {self.set_size:,} bytes)"
         try:
@@ -267,16 +232,24 @@ class SharedBufferManager(_BufferManagerBase):
                 check_shm_space(self.nbytes, what=what)
             check_memory(self.nbytes, what=what)
             if fd is not None:
-                self._shm: _MemoryFile | _NamedSegment = _MemoryFile(fd, self.nbytes)
+                self._shm: MemoryFile | NamedSegment = MemoryFile(fd, self.nbytes)
             else:
-                self._shm = _NamedSegment(name, self.nbytes, create=True)
+                self._shm = NamedSegment(name, self.nbytes, create=True)
         except BaseException:
             if fd is not None:
                 os.close(fd)
             raise
         self._owner = os.getpid()
+        self._attached = False  # True in a copy made by unpickling: it has no free sets
         self._map()
         self._free: collections.deque[int] = collections.deque(range(self.num_buffers))
+        self._track_sets()
+
+    def _track_sets(self) -> None:
+        # Sets taken with next(): the lease of each while anything holds it, and those of
+        # sets packed into a message that is not unpacked yet (the message owns them).
+        self._taken: weakref.WeakValueDictionary[int, _Lease] = weakref.WeakValueDictionary()
+        self._sent: dict[int, _Lease] = {}
 
     def _map(self) -> None:
         assert self._shm.buf is not None, "the pool is closed"
@@ -306,9 +279,10 @@ class SharedBufferManager(_BufferManagerBase):
 
     # -- pickling, for workers started with "spawn": attach by name -------------------
     def __getstate__(self) -> dict:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_shm", "_master", "_free")}
+        skip = ("_shm", "_master", "_free", "_taken", "_sent")
+        state = {k: v for k, v in self.__dict__.items() if k not in skip}
         shm = self._shm
-        if isinstance(shm, _MemoryFile):
+        if isinstance(shm, MemoryFile):
             # Another process can open it through /proc while this one holds it (Linux).
             state["memfd"] = (os.getpid(), shm.fd, shm.ident)
         else:
@@ -320,11 +294,13 @@ class SharedBufferManager(_BufferManagerBase):
         self.__dict__.update(state)
         if memfd is not None:
             pid, fd, ident = memfd
-            self._shm = _MemoryFile.attach(pid, fd, self.nbytes, ident)
+            self._shm = MemoryFile.attach(pid, fd, self.nbytes, ident)
         else:
-            self._shm = _NamedSegment(name)
+            self._shm = NamedSegment(name)
+        self._attached = True
         self._map()
         self._free = collections.deque()
+        self._track_sets()
 
     # -- main process: the pool --------------------------------------------------------
     def acquire(self) -> int | None:
@@ -348,6 +324,61 @@ class SharedBufferManager(_BufferManagerBase):
     def free(self) -> int:
         return len(self._free)
 
+    def next(self, timeout: float | None = None) -> dict[str, np.ndarray] | None:
+        """Take a free buffer set out of the pool and return its buffers, as crumpets 3 did.
+
+        Blocks until a set is free: another thread must drop what holds one. One array per
+        buffer spec, each ``(batch_size,) + shape``, not reset to the fill values. The set
+        belongs to the caller until nothing holds it any more: neither these arrays (nor
+        views of them), nor a message :meth:`pack` made of them that is not unpacked yet,
+        nor the arrays :meth:`unpack` made of that message; then it returns to the pool.
+        A message that is packed but never unpacked keeps its set, and storing arrays
+        permanently exhausts the pool: a ``next`` without timeout then waits forever.
+
+        The pool's free sets live in the process that created it: a worker process gets
+        its set's number with its request and writes into :meth:`buffers` of it.
+
+        Args:
+            timeout: seconds to wait for a free set; None waits as long as it takes.
+
+        Returns:
+            dict of name -> array, or None once the pool is closed (:meth:`close` wakes
+            a thread waiting here).
+
+        Raises:
+            TimeoutError: no set became free within ``timeout`` seconds.
+            RuntimeError: called in a process other than the pool's creator.
+        """
+        if self._attached or os.getpid() != self._owner:
+            raise RuntimeError(
+                "next() takes buffer sets from the pool of the process that created it; "
+                "in another process, use buffers(slot) of the slot the request names"
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay, collected = 0.0, False
+        while "_shm" in self.__dict__:
+            slot = self.acquire()
+            if slot is not None:
+                lease = self.lease(slot)
+                self._taken[slot] = lease
+                return {
+                    key: np.asarray(_SharedView(owner, lease))
+                    for key, owner in self.buffers(slot).items()
+                }
+            if not collected:  # arrays in reference cycles hold sets until a collection
+                gc.collect()
+                collected = True
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"no buffer set became free within {timeout:g} s")
+            # Sets return from garbage collection, in whatever thread drops the last
+            # array: there is nothing to wait on, so poll, briefly at first.
+            delay = min(2 * delay or 1e-4, 0.01)
+            if deadline is not None:
+                delay = max(0.0, min(delay, deadline - time.monotonic()))
+            time.sleep(delay)
+        return None
+
     # -- worker: the buffers of one slot -----------------------------------------------
     def buffers(self, slot: int) -> dict[str, np.ndarray]:
         """Arrays of buffer set ``slot``, one per spec, each ``(batch_size,) + shape``."""
@@ -366,25 +397,42 @@ class SharedBufferManager(_BufferManagerBase):
         if isinstance(obj, np.ndarray):
             addr = obj.__array_interface__["data"][0]
             if self._base <= addr < self._base + self.nbytes:
-                ref = [addr - self._base, obj.dtype.str, obj.shape, obj.strides]
+                offset = addr - self._base
+                if self._taken:  # a set taken with next(): the message holds it too
+                    lease = self._taken.get(offset // self.set_size)
+                    if lease is not None:
+                        self._sent[offset // self.set_size] = lease
+                ref = [offset, obj.dtype.str, obj.shape, obj.strides]
                 return msgpack.ExtType(EXT_SHARED, msgpack.packb(ref))
-        return _default(obj)
+        return encode(obj)
 
     def pack(self, obj: Any) -> bytes:
         """Pack an object using msgpack. Shared arrays are replaced by references."""
         return msgpack.packb(obj, default=self._default, use_bin_type=True)
 
     def unpack(self, data: Any, lease: _Lease | None = None) -> Any:
-        """Unpack a message; shared references become views that hold ``lease``."""
+        """Unpack a message; shared references become views that hold ``lease``.
+
+        Without ``lease``, views of a set taken with :meth:`next` hold that set's lease.
+        """
+        received: set[int] = set()
 
         def ext_hook(code: int, payload: bytes) -> Any:
             if code != EXT_SHARED:
-                return _ext_hook(code, payload)
+                return decode_ext(code, payload)
             offset, dtype, shape, strides = msgpack.unpackb(payload)
             owner = np.ndarray(shape, dtype, buffer=self._master, offset=offset, strides=strides)
-            return np.asarray(_SharedView(owner, lease))
+            held = lease
+            if held is None and self._taken:
+                slot = offset // self.set_size
+                held = self._taken.get(slot)
+                received.add(slot)
+            return np.asarray(_SharedView(owner, held))
 
-        return msgpack.unpackb(data, raw=False, ext_hook=ext_hook, strict_map_key=False)
+        out = msgpack.unpackb(data, raw=False, ext_hook=ext_hook, strict_map_key=False)
+        for slot in received:  # the views hold those sets now, not the message
+            self._sent.pop(slot, None)
+        return out
 
     def close(self) -> None:
         """Release the pool. Views still held keep their memory until they are gone."""
