@@ -124,3 +124,55 @@ def test_process_resets_buffers_except_those_written_in_full():
         assert out["whole"].tolist() == [[5, 5], [5, 5]]  # left as it was: not reset
     finally:
         manager.close()
+
+
+class DeferringWorker(broker.BufferWorker):
+    """Writes 'value' in the second phase, and records what each phase saw."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_buffer("value", ((1,), np.int64, -1))
+        self.log: list = []
+
+    def prepare(self, sample, batch, buffers):
+        out = buffers["value"]
+        self.log.append(("prepare", self.sample_index))
+
+        def write():
+            if sample["i"] < 0:
+                raise ValueError("negative")
+            self.log.append(("write", self.sample_index))
+            out[0] = sample["i"] * 10
+
+        batch["seen"].append(int(out[0]))  # not written yet: the fill value
+        batch.defer(self.sample_index, write)
+
+
+def test_process_prepares_every_sample_then_runs_the_deferred_writes():
+    worker = DeferringWorker()
+    manager = SharedBufferManager(1, 3, worker.buffer_specs)
+    try:
+        worker.set_buffer_manager(manager)
+        items = [pack({"i": i}) for i in (1, 2, 3)]
+        out = worker.process(broker.Request(0, 0, 0, 0, [5, 6, 7], items))
+        assert worker.log == [("prepare", 5), ("prepare", 6), ("prepare", 7)] + [
+            ("write", 5),
+            ("write", 6),
+            ("write", 7),
+        ]
+        assert out["value"].ravel().tolist() == [10, 20, 30]
+        assert out["seen"] == [-1, -1, -1]
+        assert type(out) is dict  # the batch's deferred writes do not travel
+        assert worker.sample_index is None
+        bad = [pack({"i": 1}), pack({"i": -1})]
+        with pytest.raises(ValueError, match="negative"):
+            worker.process(broker.Request(0, 0, 0, 0, [8, 9], bad))
+        assert worker.sample_index == 9  # the worker loop names the sample that failed
+    finally:
+        manager.close()
+
+
+def test_batch_is_a_defaultdict_of_lists():
+    batch = broker.Batch()
+    batch["a"].append(1)
+    assert dict(batch) == {"a": [1]} and batch.deferred == []

@@ -16,13 +16,12 @@ target-sized image, in that order, unless ``gpu_augmentation`` leaves them to th
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import cv2
 import numpy as np
 
-from crumpets.core.params import NOISE_TABLE_SIZE, PIXEL_OPS
+from crumpets.core.params import PIXEL_OPS
 
 from ._decoding import (
     MAX_PIXELS,
@@ -34,25 +33,13 @@ from ._decoding import (
 )
 from ._geometry import (
     SCALE_MODES,
-    _singular_values,
-    _transform_rows,
     calc_scale_ratio,
     make_transform,
     map_boxes,
     map_keypoints,
 )
+from ._pixel_plan import plan_pixels
 from ._warp import plan_warp, prepare_source, warp
-from .augmentation_cpu import (
-    _add_noise_windows,
-    _blur_taps,
-    _blur_with,
-    _gamma_chw,
-    _gamma_rows,
-    _noise_windows,
-    _round,
-    check_sigma,
-    sensor_sigmas,
-)
 
 __all__ = [
     "SCALE_MODES",
@@ -124,13 +111,9 @@ def transform_image(
         (image, matrix): the result, RGB (HxWx3) or gray (HxW) uint8, or ``out`` when
         given; and the 2x3 matrix from source to result pixel coordinates.
     """
-    method = cv2.INTER_LINEAR if interp_method is None else int(interp_method)
     if not skip <= PIXEL_OPS.keys():
         raise ValueError(f"skip must name pixel operations {list(PIXEL_OPS)}, got {sorted(skip)}")
     src, source_size = _source(src, color, max_pixels)
-    rows = _transform_rows(
-        source_size, size, angle, scale, aspect, shift, hmirror, vmirror, shear, scale_mode
-    )
     channels = 3 if color else 1
     th, tw = size
     if out is None:
@@ -148,25 +131,29 @@ def transform_image(
     else:
         result = out
     fill = _fill(background, channels)
-    _plan_pixels(
-        src,
-        source_size,
-        rows,
-        (th, tw),
-        color,
-        (*fill, 0.0) if color else fill,
-        method,
-        supersampling,
-        result,
-        skip,
-        gamma_gray,
-        gamma_color,
-        contrast,
-        blur,
-        noise,
-        noise_seed,
-    )()
-    matrix = np.array(rows)
+    params = {
+        "angle": angle,
+        "scale": scale,
+        "aspect": aspect,
+        "shift": shift,
+        "hmirror": hmirror,
+        "vmirror": vmirror,
+        "shear": shear,
+        "scale_mode": scale_mode,
+        "interp_method": interp_method,
+        "supersampling": supersampling,
+        "gamma_gray": gamma_gray,
+        "gamma_color": gamma_color,
+        "contrast": contrast,
+        "blur": blur,
+        "noise": noise,
+        "noise_seed": noise_seed,
+    }
+    plan = plan_pixels(
+        params, src, source_size, result.shape, border=(*fill, 0.0) if color else fill, skip=skip
+    )
+    plan.run(result)
+    matrix = np.array(plan.matrix)
     if out is not None:
         return out, matrix
     return (cv2.merge(list(result)) if color else result[0]), matrix
@@ -198,77 +185,6 @@ def _source(
     if min(source_size) < 1:
         raise ValueError(f"image has no pixels: {source_size[0]} x {source_size[1]}")
     return src, tuple(source_size)
-
-
-# warped RGBA -> the R, G and B planes
-_RGB_OF_RGBA = [0, 0, 1, 1, 2, 2]
-
-
-def _plan_pixels(
-    src: Any,
-    source_size: tuple[int, int],
-    rows: list[list[float]],
-    size: tuple[int, int],
-    color: bool,
-    border: tuple[float, ...],
-    method: int,
-    supersampling: int,
-    result: np.ndarray,
-    skip: frozenset[str],
-    gamma_gray: float | None,
-    gamma_color: Any,
-    contrast: float | None,
-    blur: float | None,
-    noise: float | None,
-    noise_seed: int,
-) -> Callable[[], None]:
-    """:func:`transform_image` on checked arguments, in two steps: this one works out what
-    the pixel operations need (Python and numpy: the gamma table, the blur's taps, the
-    noise) and returns the second, which decodes, warps and applies them into ``result``
-    (OpenCV's calls).
-
-    ``src`` comes from :func:`_source`, ``rows`` (the matrix's) from
-    :func:`_transform_rows`; ``border`` is the warp's border value (with a 0 for alpha
-    when ``color``); ``result`` is a C-contiguous uint8 (C, H, W) array.
-
-    Workers take the first step for every sample of a batch before the second for any:
-    Python and numpy take about twice as long right after decoding and warping an image,
-    which flush their data from the caches.
-    """
-    channels = len(result)
-    table = taps = windows = None
-    if "gamma" not in skip and (
-        gamma_gray is not None or contrast or (color and gamma_color is not None)
-    ):
-        table = _round(_gamma_rows(color, gamma_gray, gamma_color, contrast, channels))
-    if blur and "blur" not in skip:
-        taps = _blur_taps(check_sigma(blur * size[1]))
-    noise_args = None
-    if noise and "noise" not in skip:
-        noise_args = ([size] * channels, sensor_sigmas(noise, channels), noise_seed)
-        if channels * size[0] * size[1] <= NOISE_TABLE_SIZE:  # windows of the table: views
-            windows = _noise_windows(*noise_args)
-    plan = plan_warp(
-        np.array(rows), source_size, size, method, supersampling, _singular_values(rows)
-    )
-
-    def pixels() -> None:
-        im, area = prepare_source(src, color, plan, source_size)
-        planes = list(result)  # contiguous (H, W) views: every pixel operation runs per plane
-        if color:
-            warped = warp(im, plan, size, method, border, None, area)
-            cv2.mixChannels([warped], planes, _RGB_OF_RGBA)
-        else:
-            warp(im, plan, size, method, border, planes[0], area)
-        if table is not None:
-            _gamma_chw(result, table)
-        if taps is not None:
-            _blur_with(planes, taps)
-        if noise_args is not None:
-            # a larger image's fresh draws are made here, so a batch does not hold them all
-            _add_noise_windows(planes, _noise_windows(*noise_args) if windows is None else windows)
-
-    return pixels
 
 
 def rotate_and_resize(

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, cast
 
 import cv2
 import numpy as np
 
-from crumpets.core.broker import BufferWorker, Request
+from crumpets.core.broker import Batch, BufferWorker
 from crumpets.core.params import OUTPUT_KEYS, PARAMS, PIXEL_OPS, check_params, enabled_ops
 from crumpets.core.plugins import entry_point_names
 
 from .._decoding import MAX_PIXELS, check_max_pixels
-from .._geometry import OUTSIDE, _transform_rows, map_boxes, map_keypoints
-from ..augmentation import _fill, _plan_pixels, _source
+from .._geometry import OUTSIDE, map_boxes, map_keypoints
+from .._pixel_plan import plan_pixels
+from ..augmentation import _fill, _source
 from ..rng import RNG, NoRNG
 
 __all__ = [
@@ -69,33 +70,41 @@ def _plain(value: Any) -> Any:
 
 
 class _Target:
-    """What prepare_image needs of one image buffer, worked out once per batch: its
-    size, the default colour space, the warp's border value for the buffer's fill, and
-    the pixel operations left to the GPU."""
+    """What prepare_image needs of one image buffer, worked out once and kept while the
+    buffer's spec, the array's shape and ``gpu_augmentation`` stay: its size, the default
+    colour space, the warp's border value for the buffer's fill, and the pixel operations
+    left to the GPU."""
 
     __slots__ = (
         "border",
         "channels",
         "colorspace",
-        "height",
+        "gpu_augmentation",
         "shape",
-        "size",
         "skip",
         "spec",
-        "width",
+        "source",
     )
 
     def __init__(self, worker: ImageWorker, key: str, shape: tuple[int, ...]):
-        self.spec, _, fill = worker.buffer_specs[key]
+        self.source = worker.buffer_specs[key]
+        self.spec, _, fill = self.source
         self.shape = shape  # of the array written to: the spec's, unless prepare is given another
-        self.channels, self.height, self.width = shape
-        self.size = (self.height, self.width)
+        self.channels = shape[0]
         color = self.channels == 3
         self.colorspace = "rgb" if color else "gray"
         self.border = _border(fill, self.channels)
         # The GPU applies pixel operations to the RGB (or gray) result; for another
         # colour space they must come before the conversion, on the CPU.
+        self.gpu_augmentation = worker.gpu_augmentation
         self.skip = _gpu_ops() if worker.gpu_augmentation else _NO_SKIP
+
+    def fits(self, worker: ImageWorker, key: str, shape: tuple[int, ...]) -> bool:
+        return (
+            self.shape == shape
+            and self.gpu_augmentation == worker.gpu_augmentation
+            and self.source is worker.buffer_specs[key]
+        )
 
 
 def _border(background: Any, channels: int) -> tuple[float, ...]:
@@ -118,10 +127,20 @@ def _field(sample: dict, key: str) -> Any:
         raise KeyError(f"sample has no {key!r} field; it has {sorted(sample, key=str)}") from None
 
 
-# The prepare methods of crumpets' workers, none of which reads back a pixel that
-# prepare_image wrote: a worker whose prepare is one of them defers its pixels (see
-# ImageWorker's defer_pixels). A new worker's prepare is added where it is defined.
-_PIXEL_BLIND: set[Callable] = set()
+@functools.cache
+def _defers_by_default(cls: type[ImageWorker]) -> bool:
+    """Whether ``cls`` defers its pixels when ``defer_pixels`` is None: when
+    ``prepare_image`` is ImageWorker's, and ``prepare_reads_pixels = False`` is said in the
+    body of ``cls`` or of a base, no lower than the class that defines its ``prepare``: a
+    class that overrides ``prepare`` and says nothing is taken to read the pixels."""
+    if cls.prepare_image is not ImageWorker.prepare_image:
+        return False
+    for c in cls.__mro__:
+        if "prepare_reads_pixels" in vars(c):
+            return vars(c)["prepare_reads_pixels"] is False
+        if "prepare" in vars(c):
+            return False
+    return False
 
 
 class ImageWorker(BufferWorker):
@@ -146,21 +165,26 @@ class ImageWorker(BufferWorker):
         **kwargs: passed to :class:`crumpets.core.broker.BufferWorker`
             (e.g. ``gpu_augmentation``).
 
-    ``defer_pixels`` (class attribute): whether :meth:`prepare_image` may leave the
-    pixels (decoding, warping, pixel operations) until every sample of the batch is
-    prepared, when :meth:`process` writes them, one sample after another. The per-sample
-    Python then runs back to back while its data is in the caches, and a worker delivers
-    about 5% more images per second. Every result is the same either way; an error in the
-    pixels still names its sample, but comes after the batch's other samples are
-    prepared, so of two bad samples the later one may be named. None (the default)
-    defers when ``prepare`` and ``prepare_image`` are crumpets' own, which read back no
-    pixel they wrote; a subclass that overrides them and does not read or change the
-    pixels ``prepare_image`` writes may set it True, and False never defers. Images that
-    are neither JPEG nor PNG, and buffers that need a scratch image (another colour space,
-    a dtype other than uint8), are written at once: the batch would hold their pixels.
+    ``defer_pixels`` (class attribute): whether :meth:`prepare` may leave the pixels
+    (decoding, warping, pixel operations) to the second phase of :meth:`process`, which
+    writes them once every sample of the batch is prepared, one sample after another
+    (:meth:`crumpets.core.broker.Batch.defer`). The per-sample Python then runs back to
+    back while its data is in the caches, and a worker delivers about 5% more images per
+    second. Every result is the same either way; an error in the pixels still names its
+    sample, but comes after the batch's other samples are prepared, so of two bad samples
+    the later one may be named. None (the default) defers when ``prepare_image`` is
+    ImageWorker's and the worker's class, or the base that defines its ``prepare`` or one
+    below it, says ``prepare_reads_pixels = False`` in its own body, as crumpets' workers
+    do (their ``prepare`` reads back no pixel it wrote): a subclass that overrides
+    ``prepare`` is taken to read the pixels unless it says otherwise. True defers (the
+    subclass's word that it neither reads nor changes the pixels), False never does.
+    :meth:`prepare_image` itself always writes at once. Images that are neither JPEG nor
+    PNG, and buffers that need a scratch image (another colour space, a dtype other than
+    uint8), are written at once: the batch would hold their pixels.
     """
 
     defer_pixels: bool | None = None
+    prepare_reads_pixels = False  # ImageWorker.prepare reads back no pixel (defer_pixels)
 
     def __init__(
         self,
@@ -187,11 +211,8 @@ class ImageWorker(BufferWorker):
         if outside not in OUTSIDE:
             raise ValueError(f"outside must be one of {OUTSIDE}, got {outside!r}")
         self.outside = outside
-        # Per image buffer, what prepare_image works out once per batch (see process).
-        self._targets: dict[str, _Target] | None = None
-        # In process, with defer_pixels: (sample index, its pixel work), run after the
-        # batch's every sample is prepared.
-        self._pixels: list[tuple[int | None, Callable[[], None]]] | None = None
+        # Per image buffer, what prepare_image works out once (see _target).
+        self._targets: dict[str, _Target] = {}
 
     def _check_image_buffer(self, key: str) -> None:
         shape = self.buffer_specs[key][0]
@@ -227,43 +248,32 @@ class ImageWorker(BufferWorker):
     def _defers(self) -> bool:
         if self.defer_pixels is not None:
             return self.defer_pixels
-        cls = type(self)
-        return cls.prepare in _PIXEL_BLIND and cls.prepare_image is ImageWorker.prepare_image
-
-    def process(self, request: Request) -> dict:
-        # What prepare_image needs of each buffer is worked out for the batch, not per
-        # sample; afresh each batch, as settings (gpu_augmentation) may change between.
-        self._targets = {}
-        self._pixels = [] if self._defers() else None
-        try:
-            result = super().process(request)
-            # Every sample's parameters are drawn and its Python work done: now the pixels
-            # (decode, warp, pixel operations), one sample after another.
-            for index, pixels in self._pixels or ():
-                self.sample_index = index  # an error names its sample
-                pixels()
-            self.sample_index = None
-            return result
-        finally:
-            self._targets = None
-            self._pixels = None
+        return _defers_by_default(type(self))
 
     def _target(self, key: str, shape: tuple[int, ...]) -> _Target:
-        targets = self._targets
-        if targets is None:  # prepare called outside process: nothing to reuse
-            return _Target(self, key, shape)
-        target = targets.get(key)
-        if target is None or target.shape != shape:
-            target = targets[key] = _Target(self, key, shape)
+        target = self._targets.get(key)
+        if target is None or not target.fits(self, key, shape):
+            target = self._targets[key] = _Target(self, key, shape)
         return target
+
+    def _image(self, im: Any, batch: dict, buffers: dict, params: dict, key: str) -> dict:
+        """:meth:`prepare_image` for :meth:`prepare`: the pixels deferred to ``batch``'s
+        second phase where this worker may (``defer_pixels``)."""
+        if isinstance(batch, Batch) and self._defers():
+            return self._augment(im, buffers, params, key, batch)
+        return self.prepare_image(im, buffers, params, key)
 
     def prepare_image(self, im: Any, buffers: dict, params: dict, key: str) -> dict:
         """Decode and augment ``im`` into ``buffers[key]``; return the parameters used.
 
         ``params`` must be checked (:func:`check_params`): :meth:`draw_params` and the
-        fixed ``*_params`` are. The pixels are written before this returns, or, inside
-        :meth:`process` with ``defer_pixels``, once every sample of the batch is prepared.
+        fixed ``*_params`` are. The pixels are written before this returns.
         """
+        return self._augment(im, buffers, params, key, None)
+
+    def _augment(self, im: Any, buffers: dict, params: dict, key: str, batch: Batch | None) -> dict:
+        """:meth:`prepare_image`; with a ``batch``, the pixels of an image that needs no
+        scratch array are deferred to its second phase."""
         out = buffers[key]
         target = self._target(key, out.shape)
         channels = target.channels
@@ -284,59 +294,29 @@ class ImageWorker(BufferWorker):
         # RGB and gray go straight into a uint8 buffer's planes; the rest is converted
         # from an RGB image.
         direct = convert is None and out.dtype == np.uint8 and out.flags.c_contiguous
-        result = out if direct else np.empty(target.shape, np.uint8)
-        get = params.get
         src, source_size = _source(im, channels == 3, self.max_pixels)
-        rows = _transform_rows(
-            source_size,
-            target.size,
-            get("angle", 0),
-            get("scale", 1),
-            get("aspect", 1),
-            get("shift"),
-            get("hmirror", False),
-            get("vmirror", False),
-            get("shear"),
-            get("scale_mode", "shortest"),
-        )
+        plan = plan_pixels(params, src, source_size, target.shape, border=border, skip=skip)
         # The report is made before the pixels: Python runs faster before decoding and
         # warping an image than after, which flush its data from the caches.
         used = {k: v if type(v) in _PLAIN_TYPES else _plain(v) for k, v in params.items()}
-        used["transform"] = rows  # the matrix's rows as Python floats, as .tolist() gives
+        used["transform"] = plan.matrix  # the matrix's rows as Python floats, as .tolist() gives
         # what the GPU Randomizer still has to apply: the skipped operations that are on
         used["gpu_ops"] = (
             [op for op in enabled_ops(params, channels == 3) if op in skip] if skip else []
         )
-        interp = get("interp_method")
-        transform = _plan_pixels(
-            src,
-            source_size,
-            rows,
-            target.size,
-            channels == 3,
-            border,
-            cv2.INTER_LINEAR if interp is None else int(interp),
-            get("supersampling", 0),
-            result,
-            skip,
-            get("gamma_gray"),
-            get("gamma_color"),
-            get("contrast"),
-            get("blur"),
-            get("noise"),
-            get("noise_seed", 0),
-        )
-        if self._pixels is not None and direct and src is im:
-            # written once every sample of the batch is prepared (see defer_pixels); not a
-            # source decoded above or a scratch image, which the batch would hold until then
-            self._pixels.append((self.sample_index, transform))
-            return used
-        transform()
         if not direct:
+            result = np.empty(target.shape, np.uint8)
+            plan.run(result)
             if convert is not None:
                 out[...] = cv2.cvtColor(cv2.merge(list(result)), convert).transpose(2, 0, 1)
             else:
                 out[...] = result
+        elif batch is not None and src is im:
+            # written once every sample of the batch is prepared (see defer_pixels); not a
+            # source decoded above, which the batch would hold until then
+            batch.defer(self.sample_index, functools.partial(plan.run, out))
+        else:
+            plan.run(out)
         return used
 
     def prepare_points(self, sample: dict, batch: dict, augmentation: dict, key: str) -> None:
@@ -359,7 +339,7 @@ class ImageWorker(BufferWorker):
     def prepare(self, sample: dict, batch: dict, buffers: dict) -> None:
         params = self.draw_params()
         params.update(self.params["image"])
-        augmentation = self.prepare_image(_field(sample, "image"), buffers, params, "image")
+        augmentation = self._image(_field(sample, "image"), batch, buffers, params, "image")
         batch["augmentation"].append(augmentation)
         self.prepare_points(sample, batch, augmentation, "image")
 
@@ -374,6 +354,8 @@ class ClassificationWorker(ImageWorker):
         image_rng: RNG for image augmentation.
         **kwargs: passed to :class:`ImageWorker`.
     """
+
+    prepare_reads_pixels = False  # its prepare writes the label, reads no pixel
 
     def __init__(
         self,
@@ -424,6 +406,8 @@ class FCNWorker(ImageWorker):
         **kwargs: passed to :class:`ImageWorker`.
     """
 
+    prepare_reads_pixels = False  # its prepare reads back neither image's pixels
+
     def __init__(
         self,
         image: Any,
@@ -442,13 +426,10 @@ class FCNWorker(ImageWorker):
     def prepare(self, sample: dict, batch: dict, buffers: dict) -> None:
         params = self.draw_params()
         image_params = {**params, **self.params["image"]}
-        augmentation = self.prepare_image(_field(sample, "image"), buffers, image_params, "image")
+        augmentation = self._image(_field(sample, "image"), batch, buffers, image_params, "image")
         target_params = {**params, **self.params["target_image"]}
         target = _field(sample, "target_image")
-        target_augmentation = self.prepare_image(target, buffers, target_params, "target_image")
+        target_augmentation = self._image(target, batch, buffers, target_params, "target_image")
         batch["augmentation"].append(augmentation)
         batch["target_augmentation"].append(target_augmentation)
         self.prepare_points(sample, batch, augmentation, "image")
-
-
-_PIXEL_BLIND.update((ImageWorker.prepare, ClassificationWorker.prepare, FCNWorker.prepare))

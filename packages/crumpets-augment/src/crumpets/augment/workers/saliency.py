@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from ..rng import RNG
-from ._image import _PIXEL_BLIND, ImageWorker, _field
+from ._image import ImageWorker, _field
 
 __all__ = [
     "TARGET_PARAMS",
@@ -173,6 +173,8 @@ class SaliencyWorker(ImageWorker):
         ValueError: for a bad target buffer or a bad or unknown ``target_image_params`` key.
     """
 
+    prepare_reads_pixels = False  # its prepare reads the image's matrix, never its pixels
+
     def __init__(
         self,
         image: Any,
@@ -220,10 +222,6 @@ class SaliencyWorker(ImageWorker):
         m = self._target_matrix(batch["augmentation"][-1]["transform"], h, w)
         target[...] = saliency_map(experiments, m, (h, w), drawn).reshape(target.shape)
         batch["target_augmentation"].append(drawn)
-
-
-# its prepare reads only the image's matrix, never its pixels
-_PIXEL_BLIND.add(SaliencyWorker.prepare)
 
 
 def saliency_map(
