@@ -21,11 +21,18 @@ from crumpets.train.policy import NoopPolicy, PolyPolicy, ReduceLROnPlateau
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def make(outdir, epochs=4, seed=0, quiet=True, **kwargs):
+def make(outdir, epochs=4, seed=0, quiet=True, mini_batches=1, **kwargs):
     torch.manual_seed(seed)
     data = digit_samples(600)
     train = TorchTurboDataLoader(
-        data[:480], 32, DigitWorker(), 2, device="cpu", shuffle=True, seed=seed
+        data[:480],
+        32,
+        DigitWorker(),
+        2,
+        device="cpu",
+        num_mini_batches=mini_batches,
+        shuffle=True,
+        seed=seed,
     )
     val = TorchTurboDataLoader(data[480:], 60, DigitWorker(), 1, device="cpu", seed=seed)
     net = TinyNet()
@@ -80,10 +87,53 @@ def test_hooks_fire_in_order(tmp_path):
         + ["val_end"]
     )
     assert dict(seen)["train_forward"] == ["loss", "metric", "output"]
+    assert dict(seen)["train_backward"] == ["loss", "metric", "output"]
     assert dict(seen)["train_pre_forward"] == ["sample"]
     fun = trainer.hooks["val_end"][0]
     trainer.remove_hook("val_end", fun)
     assert trainer.hooks["val_end"] == []
+
+
+def _grads(params):
+    return [None if p.grad is None else p.grad.clone() for p in params]
+
+
+def _same(a, b):
+    return all(
+        x is None and y is None or x is not None and y is not None and torch.equal(x, y)
+        for x, y in zip(a, b)
+    )
+
+
+@pytest.mark.parametrize(("accumulate", "mini_batches"), [(1, 1), (2, 1), (1, 2)])
+def test_train_forward_fires_before_the_backward_and_train_backward_after_it(
+    tmp_path, accumulate, mini_batches
+):
+    trainer, train, _ = make(
+        tmp_path, snapshot_interval=0, accumulate=accumulate, mini_batches=mini_batches
+    )
+    params = list(trainer.network.parameters())
+    seen = []
+    for event in ("train_pre_forward", "train_forward", "train_backward"):
+        trainer.add_hook(event, lambda state, _e=event, **kw: seen.append((_e, _grads(params))))
+    with train:
+        trainer.train_epoch()
+    # per mini-batch: its forward, then its backward (a mini-batch's graph is freed before
+    # the next one's forward, so a batch split by the loader takes less memory)
+    events = [event for event, _ in seen]
+    assert events == ["train_pre_forward", "train_forward", "train_backward"] * (
+        len(train) * mini_batches
+    )
+    for i in range(0, len(seen), 3):
+        (_, before), (_, forward), (_, backward) = seen[i : i + 3]
+        assert _same(forward, before)  # the forward computed no gradient
+        assert all(g is not None for g in backward)
+        assert not any(
+            g is not None and torch.equal(g, h) for g, h in zip(forward, backward)
+        )  # the backward added this mini-batch's gradient to every parameter
+        step, part = divmod(i // 3, mini_batches)
+        if step % accumulate == 0 and part == 0:  # the optimizer step set grads to None
+            assert all(g is None for g in forward)
 
 
 def test_resume_after_epoch_k_gives_the_same_weights(tmp_path):

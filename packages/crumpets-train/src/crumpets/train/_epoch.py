@@ -10,11 +10,9 @@ from typing import Any, cast
 
 import torch
 
-__all__ = ["LazyValues", "LossWatch", "postfix", "sum_dtype", "summary"]
+from .metrics import sum_dtype
 
-
-def sum_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
+__all__ = ["LazyValues", "LossWatch", "postfix", "summary"]
 
 
 class LossWatch:

@@ -47,8 +47,12 @@ __all__ = [
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _sum_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of running sums on ``device``: float64, float32 on 'mps' (no float64 there).
+
+    Shared within the package: the Trainer keeps its loss sums the way metrics keep theirs.
+    """
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 class _RunningState:
@@ -63,7 +67,7 @@ class _RunningState:
 
     def _to(self, device: torch.device) -> torch.dtype:
         """Moves the states to ``device`` (a no-op where they are); returns their dtype there."""
-        dtype = _sum_dtype(device)
+        dtype = sum_dtype(device)
         for name in self.state_names:
             state = getattr(self, name)
             if state.device != device:

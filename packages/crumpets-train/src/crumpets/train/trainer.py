@@ -32,8 +32,8 @@ from crumpets.core.logging import print as tqdm_print
 from crumpets.torch.utils import ParallelApply
 
 from . import snapshot as snapshots
-from ._epoch import LazyValues, LossWatch, postfix, sum_dtype, summary
-from .metrics import NoopMetric
+from ._epoch import LazyValues, LossWatch, postfix, summary
+from .metrics import NoopMetric, sum_dtype
 from .policy import NoopPolicy, ReduceLROnPlateau
 
 __all__ = ["EVENTS", "Trainer"]
@@ -161,10 +161,18 @@ class Trainer:
       (those steps still run; the message names the first bad iteration);
     - the progress bar shows the epoch's mean loss so far, updated at those reads;
     - the ``loss`` given to the 'train_forward', 'train_backward' and 'val_forward' hooks
-      is the batch's loss as a detached 0-dim tensor, not a float (``float(loss)`` and
+      is the mini-batch's loss as a detached 0-dim tensor, not a float (``float(loss)`` and
       ``f"{loss:.4f}"`` work, and read it), and ``metric`` is a read-only mapping that calls
       ``metric.value()`` when the hook first reads it, in that step (reading waits for the
       device; a hook that does not look costs nothing).
+
+    Hooks (:meth:`add_hook`) fire as the reference's events say: 'train_pre_forward' and
+    'val_pre_forward' before the forward pass, 'train_forward' and 'val_forward' after it
+    (and after the metric's update), 'train_backward' after the backward pass, each with the
+    mini-batch's ``metric``, ``loss`` and ``output``. At 'train_forward' this mini-batch has
+    added nothing to the parameters' gradients yet (the Trainer sets them to None after each
+    optimizer step); at 'train_backward' it has. A batch that the loader splits into
+    mini-batches (``num_mini_batches``) fires them once per mini-batch.
     """
 
     def __init__(
@@ -252,22 +260,44 @@ class Trainer:
             fun(self.state, **kwargs)
 
     # -- one step -----------------------------------------------------------------------
-    def _forward(self, mini_batches: list, loss_fn: Any, phase: str) -> tuple[list, list]:
-        """Forward (and, in training, backward) of one batch; returns outputs and losses
-        (detached), one per part."""
+    def _batch(
+        self, mini_batches: list, loss_fn: Any, metric: Any, phase: str
+    ) -> tuple[list[torch.Tensor], int, Mapping]:
+        """One batch, mini-batch by mini-batch: forward, metric update, ``{phase}_forward``,
+        and in training backward and ``train_backward``.
+
+        Each mini-batch's backward frees its graph before the next one's forward, so a batch
+        that the loader splits (``num_mini_batches``) takes the memory of one mini-batch;
+        the hooks therefore fire once per mini-batch, with its output and loss.
+
+        Returns:
+            The mini-batches' losses (detached), the batch's sample count, and the metric's
+            values for the progress bar.
+        """
         parts = [mini_batches] if isinstance(self._plain_net, ParallelApply) else mini_batches
-        outputs, losses = [], []
+        update = getattr(metric, "update", None)  # None: a duck-typed metric, called instead
+        losses: list[torch.Tensor] = []
+        samples = 0
+        values: Mapping = {}
         for sample in parts:
             self._fire(f"{phase}_pre_forward", sample=sample)
             autocast = torch.autocast(self.device_type, AMP[self.amp], enabled=self.amp is not None)
             with autocast:
                 output = self.network(sample)
                 loss = loss_fn(output)
+            with torch.no_grad():
+                if update is not None:
+                    update(output)
+                    values = LazyValues(metric)
+                else:
+                    values = metric(output)
+            samples += len(next(v for v in output.values() if isinstance(v, torch.Tensor)))
+            losses.append(loss.detach())
+            self._fire(f"{phase}_forward", metric=values, loss=losses[-1], output=output)
             if phase == "train":
                 self.scaler.scale(loss / (len(parts) * self.accumulate)).backward()
-            outputs.append(output)
-            losses.append(loss.detach())
-        return outputs, losses
+                self._fire("train_backward", metric=values, loss=losses[-1], output=output)
+        return losses, samples, values
 
     def _read(self, watch: LossWatch, phase: str) -> float:
         """The epoch's loss sum so far, read on the host.
@@ -293,7 +323,6 @@ class Trainer:
         train = phase == "train"
         self.network.train(train)
         metric.reset()
-        update = getattr(metric, "update", None)  # None: a duck-typed metric, called instead
         watch = LossWatch()  # sum of batch losses, over `batches`
         loss_sum, read_at = 0.0, 0  # as of the last read, after `read_at` batches
         batches = samples = 0
@@ -312,22 +341,11 @@ class Trainer:
             for step, (_, mini_batches) in enumerate(loader):
                 t_data = time.perf_counter()
                 waited += t_data - t_ready
-                outputs, losses = self._forward(mini_batches, loss_fn, phase)
-                loss = watch.add(losses, self.state["iteration"])
-                with torch.no_grad():
-                    for output in outputs:
-                        if update is not None:
-                            update(output)
-                        else:
-                            values = metric(output)
-                        n = len(next(v for v in output.values() if isinstance(v, torch.Tensor)))
-                        samples += n
-                if update is not None:
-                    values = LazyValues(metric)
+                losses, n, values = self._batch(mini_batches, loss_fn, metric, phase)
+                watch.add(losses, self.state["iteration"])
+                samples += n
                 batches += 1
-                self._fire(f"{phase}_forward", metric=values, loss=loss, output=outputs[-1])
                 if train:
-                    self._fire("train_backward", metric=values, loss=loss, output=outputs[-1])
                     if steps_policy:  # before the optimizer steps, as crumpets 3 did
                         self.train_policy.step(
                             self.state["epoch"] + (step + 1) / len(loader),
