@@ -19,6 +19,7 @@ __all__ = [
     "make_transform",
     "map_boxes",
     "map_keypoints",
+    "resize_matrix",
 ]
 
 SCALE_MODES = ("shortest", "longest")
@@ -112,10 +113,15 @@ def _transform_rows(
     return [[l00, l01, ox - (l00 * cx + l01 * cy)], [l10, l11, oy - (l10 * cx + l11 * cy)]]
 
 
+def resize_matrix(fx: float, fy: float) -> np.ndarray:
+    """The 3x3 matrix from an image's pixel coordinates to those of the image resized by
+    (fx, fy), pixel centres at integers: x_resized = fx * (x + 0.5) - 0.5."""
+    return np.array([[fx, 0.0, (fx - 1) / 2], [0.0, fy, (fy - 1) / 2], [0.0, 0.0, 1.0]])
+
+
 def _then(matrix: np.ndarray, fx: float, fy: float) -> np.ndarray:
     """``matrix`` applied to an image resized by 1/f: x = f*x_r + (f-1)/2."""
-    pre = np.array([[fx, 0.0, (fx - 1) / 2], [0.0, fy, (fy - 1) / 2], [0.0, 0.0, 1.0]])
-    return matrix @ pre
+    return matrix @ resize_matrix(fx, fy)
 
 
 def _singular_values(matrix: Any) -> tuple[float, float]:

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from ._decoding import _decode, image_size
-from ._geometry import _singular_values, _then
+from ._geometry import _singular_values, _then, resize_matrix
 
 __all__ = ["WarpPlan", "plan_warp", "prepare_source", "warp"]
 
@@ -390,7 +390,7 @@ def _warp(
             im, matrix, (tw, th), dst=dst, flags=method, borderMode=constant, borderValue=border
         )
     # a target pixel averages a k x k block whose centres are k*x + (k-1)/2
-    up = np.array([[k, 0.0, (k - 1) / 2], [0.0, k, (k - 1) / 2]]) @ np.vstack([matrix, [0, 0, 1]])
+    up = resize_matrix(k, k)[:2] @ np.vstack([matrix, [0, 0, 1]])
     big = cv2.warpAffine(
         im, up, (tw * k, th * k), flags=method, borderMode=constant, borderValue=border
     )

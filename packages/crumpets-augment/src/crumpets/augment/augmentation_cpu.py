@@ -265,10 +265,7 @@ def gamma_table(
     channels: int,
 ) -> np.ndarray:
     """The rounded lookup table of :func:`gamma_lut`: uint8, one row of 256 per channel."""
-    rows = _gamma_rows(color, gamma_gray, gamma_color, contrast, channels)
-    if len(rows) < channels:  # one row serves every channel
-        rows = np.repeat(rows, channels, axis=0)
-    return _round(rows)
+    return _round(gamma_lut(color, gamma_gray, gamma_color, contrast, channels).T)
 
 
 def _round(rows: np.ndarray) -> np.ndarray:

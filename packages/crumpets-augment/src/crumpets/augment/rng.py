@@ -284,41 +284,63 @@ class MixtureRNG(RNG):
     def __call__(self, rng: np.random.Generator) -> dict[str, Any]:
         # Written out, without helper calls: it runs once per sample. Each value is the
         # formula the class docstring gives, term for term.
-        z0, z1 = rng.standard_normal(2).tolist()  # plain floats
-        u = rng.random(self._N_UNIFORM).tolist()
+        z_angle, z_aspect = rng.standard_normal(2).tolist()  # plain floats
+        # the 19 uniform draws, in the order of the class docstring
+        (
+            u_scale,
+            u_shift_x,
+            u_shift_y,
+            u_hmirror,
+            u_vmirror,
+            u_shear,
+            u_interp,
+            roll_brightness,
+            u_brightness,
+            roll_color,
+            u_color_0,
+            u_color_1,
+            u_color_2,
+            roll_contrast,
+            u_contrast,
+            roll_noise,
+            u_noise,
+            roll_blur,
+            u_blur,
+        ) = rng.random(self._N_UNIFORM).tolist()
         noise_seed = int(rng.integers(0, 2**31))
         prob = self.prob
 
         interp = None
         if self.interpolations is not None:
             n = len(self.interpolations)
-            interp = self.interpolations[min(int(u[6] * n), n - 1)]
+            interp = self.interpolations[min(int(u_interp * n), n - 1)]
 
         # uniform(bounds, x) = min(max(a + (b - a) * x, a), b): a + (b - a) * x may round
         # one ulp past b. human2gamma(h) = 4.0 ** -min(max(h, -1.0), 1.0).
         gamma_gray = gamma_color = contrast = noise = blur = None
         bounds = self.brightness_range
-        if bounds is not None and u[7] < prob:
+        if bounds is not None and roll_brightness < prob:
             a, b = bounds
-            gamma_gray = 4.0 ** -min(max(min(max(a + (b - a) * u[8], a), b), -1.0), 1.0)
+            gamma_gray = 4.0 ** -min(max(min(max(a + (b - a) * u_brightness, a), b), -1.0), 1.0)
         bounds = self.color_range
-        if bounds is not None and u[9] < prob:
+        if bounds is not None and roll_color < prob:
             a, b = bounds
             gamma_color = [
-                4.0 ** -min(max(min(max(a + (b - a) * x, a), b), -1.0), 1.0) for x in u[10:13]
+                4.0 ** -min(max(min(max(a + (b - a) * x, a), b), -1.0), 1.0)
+                for x in (u_color_0, u_color_1, u_color_2)
             ]
         bounds = self.contrast_range
-        if bounds is not None and u[13] < prob:
+        if bounds is not None and roll_contrast < prob:
             a, b = bounds
-            contrast = min(max(a + (b - a) * u[14], a), b)
+            contrast = min(max(a + (b - a) * u_contrast, a), b)
         bounds = self.noise_range
-        if bounds is not None and u[15] < prob:
+        if bounds is not None and roll_noise < prob:
             a, b = bounds
-            noise = min(max(a + (b - a) * u[16], a), b)
+            noise = min(max(a + (b - a) * u_noise, a), b)
         bounds = self.blur_range
-        if bounds is not None and u[17] < prob:
+        if bounds is not None and roll_blur < prob:
             a, b = bounds
-            blur = min(max(a + (b - a) * u[18], a), b)
+            blur = min(max(a + (b - a) * u_blur, a), b)
 
         scale = shear = 0.0
         shift_x = shift_y = 0.0
@@ -327,25 +349,25 @@ class MixtureRNG(RNG):
             scale = 1.0
         else:
             a, b = bounds
-            scale = min(max(a + (b - a) * u[0], a), b)
+            scale = min(max(a + (b - a) * u_scale, a), b)
         bounds = self.shift_range
         if bounds is not None:
             a, b = bounds
-            shift_x = min(max(a + (b - a) * u[1], a), b)
-            shift_y = min(max(a + (b - a) * u[2], a), b)
+            shift_x = min(max(a + (b - a) * u_shift_x, a), b)
+            shift_y = min(max(a + (b - a) * u_shift_y, a), b)
         bounds = self.shear_range
         if bounds is not None:
             a, b = bounds
-            shear = min(max(a + (b - a) * u[5], a), b)
+            shear = min(max(a + (b - a) * u_shear, a), b)
 
         return {
             # The conditionals avoid -0.0 when a sigma is 0.
-            "angle": z0 * self.rotation_sigma if self.rotation_sigma else 0.0,
+            "angle": z_angle * self.rotation_sigma if self.rotation_sigma else 0.0,
             "scale": scale,
-            "aspect": math.exp(z1 * self.aspect_sigma) if self.aspect_sigma else 1.0,
+            "aspect": math.exp(z_aspect * self.aspect_sigma) if self.aspect_sigma else 1.0,
             "shift": [shift_x, shift_y],
-            "hmirror": u[3] < self.hmirror,
-            "vmirror": u[4] < self.vmirror,
+            "hmirror": u_hmirror < self.hmirror,
+            "vmirror": u_vmirror < self.vmirror,
             "shear": shear,
             "interp_method": interp,
             "gamma_gray": gamma_gray,

@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .._geometry import resize_matrix
 from ..rng import RNG
 from ._image import ImageWorker, _field
 
@@ -198,9 +199,8 @@ class SaliencyWorker(ImageWorker):
         """The image's matrix, followed by the resize from the image's size to h x w."""
         _, ih, iw = self.buffer_specs["image"][0]
         fx, fy = w / iw, h / ih
-        # pixel centres: x_target = fx * (x_image + 0.5) - 0.5
-        resize = np.array([[fx, 0.0, (fx - 1) / 2], [0.0, fy, (fy - 1) / 2], [0.0, 0.0, 1.0]])
-        return (resize @ np.vstack([np.asarray(transform, np.float64), [0.0, 0.0, 1.0]]))[:2]
+        image = np.vstack([np.asarray(transform, np.float64), [0.0, 0.0, 1.0]])
+        return (resize_matrix(fx, fy) @ image)[:2]
 
     def prepare(self, sample: dict, batch: dict, buffers: dict) -> None:
         super().prepare(sample, batch, buffers)
