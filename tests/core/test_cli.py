@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from importlib import metadata
@@ -13,7 +12,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from crumpets.core import _info_command, _remote, plugins
+from crumpets.core import _info_command, plugins
 from crumpets.core.cli import main
 from crumpets.core.dataset import Reader, Writer
 from crumpets.core.plugins import entry_point_names, load_entry_point
@@ -589,21 +588,6 @@ def test_info_on_a_garbage_sharded_classes_file(sharded, capsys):
     (sharded / "classes").write_bytes(msgpack.packb(5))
     assert main(["info", sharded.as_uri()]) == 2
     assert f"{sharded.as_uri()}/classes: expected a msgpack list" in one_line_error(capsys)
-
-
-def test_info_on_an_unreachable_store(capsys, monkeypatch):
-    pytest.importorskip("s3fs")
-    monkeypatch.setattr(_remote, "DEADLINE", 1.0)
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    endpoint = f"http://127.0.0.1:{port}"
-    options = ["--storage-option", f"endpoint_url={endpoint}"]
-    options += ["--storage-option", "key=k", "--storage-option", "secret=s"]
-    assert main(["info", "s3://bucket/data", *options]) == 2
-    err = one_line_error(capsys)
-    assert "s3://bucket/data/index.json" in err
-    assert endpoint in err  # the endpoint option reached the client
 
 
 def test_info_storage_options(monkeypatch, capsys):

@@ -117,3 +117,9 @@ def test_a_missing_extra_names_the_one_to_install(sleeps):
     with pytest.raises(ImportError, match=r"crumpets-core\[gcs\]"):
         Store("gs://bucket/data").cat("index.json")
     assert sleeps == []  # not retried
+
+
+def test_a_cancelled_try_still_says_why(sleeps):
+    call, _ = failing(100, TimeoutError())  # fsspec's FSTimeoutError has no message
+    with pytest.raises(OSError, match="TimeoutError: no answer in the time the try was given"):
+        retrying("s3://b/x", call)

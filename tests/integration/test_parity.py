@@ -43,16 +43,18 @@ def mad(cpu_image, torch_batch):
         (0.9, [1.2, 0.8, 1.0], 0.3),
     ],
 )
-def test_gamma_color_contrast_parity(name, gray, color, contrast):
+@pytest.mark.parametrize("flag", [True, False], ids=["color", "gray-only"])
+def test_gamma_color_contrast_parity(name, gray, color, contrast, flag):
     im = photo(name)
-    expected = cpu.add_gamma(im, True, gray, color, contrast)
-    got = gpu.add_gamma(
-        as_batch(im), [{"gamma_gray": gray, "gamma_color": color, "contrast": contrast}]
-    )
+    # the documented color flag: False leaves gamma_color out, on either side
+    expected = cpu.add_gamma(im, flag, gray, color, contrast)
+    augs = [{"gamma_gray": gray, "gamma_color": color, "contrast": contrast, "color": flag}]
+    got = gpu.add_gamma(as_batch(im), augs)
     assert mad(expected, got) <= 1.0
     # the same float64 table: equal but for a rounding tie
     assert np.abs(expected.astype(int) - got[0].permute(1, 2, 0).numpy()).max() <= 1
-    assert mad(im, got) > 1.0  # the operation did something
+    if flag or gray is not None or contrast is not None:
+        assert mad(im, got) > 1.0  # the operation did something
 
 
 @pytest.mark.parametrize("name", ["chelsea", "coffee", "astronaut"])

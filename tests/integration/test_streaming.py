@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -390,3 +391,23 @@ def test_503_slowdown_is_retried_over_http(shards, tmp_path, cached):
     assert server.refused["/index.json"] == 2
     data = [path for path in server.refused if path.endswith(".msgpack")]
     assert len(data) == SHARDS and {server.refused[p] for p in data} == {2}
+
+
+def test_info_on_an_unreachable_store_is_one_line_naming_it(capsys, monkeypatch):
+    from crumpets.core import _remote
+    from crumpets.core.cli import main
+
+    # room for one try to end in the client's own error (botocore retries a refused
+    # connection itself), not in the try's timeout
+    monkeypatch.setattr(_remote, "DEADLINE", 8.0)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    options = ["--storage-option", f"endpoint_url={endpoint}"]
+    options += ["--storage-option", "key=k", "--storage-option", "secret=s"]
+    assert main(["info", "s3://bucket/data", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crumpets info: error: ") and err.count("\n") == 1, err
+    assert "s3://bucket/data/index.json" in err
+    assert endpoint in err  # the endpoint option reached the client

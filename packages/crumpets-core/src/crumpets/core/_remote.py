@@ -87,9 +87,11 @@ def retrying(what: str, call: Callable[[float], T]) -> T:
             break
         time.sleep(delay)
     elapsed = time.monotonic() - start
+    # a cancelled try (fsspec's FSTimeoutError) says nothing of itself
+    reason = str(cause) or "no answer in the time the try was given"
     raise OSError(
         f"{what}: failed {attempt + 1} times in {elapsed:.1f} s; last error: "
-        f"{type(cause).__name__}: {cause}"
+        f"{type(cause).__name__}: {reason}"
     ) from cause
 
 
