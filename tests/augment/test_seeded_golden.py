@@ -42,7 +42,6 @@ import numpy as np
 import pytest
 from _photos import encode, photo
 
-from crumpets.augment import workers
 from crumpets.augment.presets import AUGMENTATION_ALL, AUGMENTATION_TRAIN, INPUT_PARAMS_TRAIN
 from crumpets.augment.workers import ClassificationWorker, FCNWorker, ImageWorker
 from crumpets.core import TurboDataLoader, broker, pack
@@ -167,12 +166,6 @@ def inputs_digest(samples: list[bytes]) -> str:
     return hashlib.sha256(b"".join(samples)).hexdigest()
 
 
-@pytest.fixture
-def gpu_ops(monkeypatch):
-    # as when crumpets-torch registers its Randomizer's operations (forked workers inherit it)
-    monkeypatch.setattr(workers._image, "_gpu_ops", lambda: frozenset({"gamma", "noise", "blur"}))
-
-
 class DefaultRNG:
     """Each sample's generator as it was before crumpets.core.plan.SampleRNG."""
 
@@ -205,7 +198,7 @@ def check(case: str, nworkers: int, golden: dict, golden_pixels: dict) -> None:
 
 @pytest.mark.parametrize("nworkers", [1, 2, 4])
 @pytest.mark.parametrize("case", sorted(GOLDEN))
-def test_seeded_batches_match_the_golden_ones(case, nworkers, gpu_ops):
+def test_seeded_batches_match_the_golden_ones(case, nworkers):
     check(case, nworkers, GOLDEN, GOLDEN_PIXELS)
 
 
@@ -213,13 +206,12 @@ def test_seeded_batches_match_the_golden_ones(case, nworkers, gpu_ops):
 @pytest.mark.parametrize("nworkers", [1, 2])
 @pytest.mark.parametrize("case", sorted(GOLDEN_DEFAULT_RNG))
 def test_with_the_old_generator_batches_match_the_previous_implementation(
-    case, nworkers, gpu_ops, default_rng
+    case, nworkers, default_rng
 ):
     check(case, nworkers, GOLDEN_DEFAULT_RNG, GOLDEN_PIXELS_DEFAULT_RNG)
 
 
 if __name__ == "__main__":  # print the digests of the code as it is (to make the golden ones)
-    workers._image._gpu_ops = lambda: frozenset({"gamma", "noise", "blur"})
     print(f"OpenCV {cv2.__version__}")
     print({"image": inputs_digest(image_samples()), "fcn": inputs_digest(fcn_samples())})
     for case in sorted(GOLDEN):

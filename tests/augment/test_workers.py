@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from _photos import encode, photo
 
-from crumpets.augment import workers
 from crumpets.augment.presets import AUGMENTATION_TRAIN, MixtureRNG
 from crumpets.augment.rng import INTERP_NEAREST, RNG
 from crumpets.augment.workers import (
@@ -234,14 +233,13 @@ def test_buffers_written_in_full_hold_nothing_of_the_previous_batch(worker, data
         manager.close()
 
 
-def test_gpu_augmentation_leaves_registered_ops_to_the_gpu(monkeypatch):
+def test_gpu_augmentation_leaves_the_pixel_ops_to_the_gpu():
     rng = MixtureRNG(prob=1, brightness_range=(0.5, 0.5), noise_range=(0.2, 0.2))
     data = samples(4)
     cpu = run(
         ClassificationWorker(((3, 64, 64), np.uint8), ((1,), np.int64), image_rng=rng), data, 1
     )
     plain = run(ClassificationWorker(((3, 64, 64), np.uint8), ((1,), np.int64)), data, 1)
-    monkeypatch.setattr(workers._image, "_gpu_ops", lambda: frozenset({"gamma", "noise", "blur"}))
     gpu = run(
         ClassificationWorker(
             ((3, 64, 64), np.uint8), ((1,), np.int64), image_rng=rng, gpu_augmentation=True
@@ -255,10 +253,17 @@ def test_gpu_augmentation_leaves_registered_ops_to_the_gpu(monkeypatch):
     # only the operations that are on are left to the GPU (blur is off here)
     assert gpu[0]["augmentation"][0]["gpu_ops"] == ["gamma", "noise"]
     assert cpu[0]["augmentation"][0]["gpu_ops"] == []
+    # a loader that applies only gamma on the GPU says so: the worker adds the noise itself
+    gamma_only = ClassificationWorker(((3, 64, 64), np.uint8), ((1,), np.int64), image_rng=rng)
+    gamma_only.set_gpu_augmentation(True, ["gamma"])
+    partial = run(gamma_only, data, 1)
+    assert partial[0]["augmentation"][0]["gpu_ops"] == ["gamma"]
+    assert not np.array_equal(partial[0]["image"], plain[0]["image"])
+    with pytest.raises(ValueError, match=r"ops must name pixel operations.*\['contrast'\]"):
+        gamma_only.set_gpu_augmentation(True, ["gamma", "contrast"])
 
 
-def test_gpu_augmentation_lists_what_each_image_leaves_and_converts_on_the_cpu(monkeypatch):
-    monkeypatch.setattr(workers._image, "_gpu_ops", lambda: frozenset({"gamma", "noise", "blur"}))
+def test_gpu_augmentation_lists_what_each_image_leaves_and_converts_on_the_cpu():
     rng = MixtureRNG(prob=0.5, brightness_range=(0.3, 0.3), blur_range=(0.01, 0.01))
     data = samples(24)
     seg = SegmentationWorker(

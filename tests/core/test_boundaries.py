@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import pkgutil
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import crumpets.core
@@ -60,3 +63,53 @@ def test_modules_hold_one_job_of_at_most_500_lines():
         if path.name not in ("__init__.py", "_version.py"):
             assert lines[0].startswith('"""'), f"{path} does not start with a docstring"
     assert not too_long, too_long
+
+
+def crumpets_imports(path: Path, tree: ast.Module) -> Iterator[tuple[int, str, str]]:
+    """(line, module, name) for each name a source imports from a crumpets module."""
+    package = ".".join(path.relative_to(SOURCES).parts[2:-1])  # e.g. crumpets.augment.workers
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            module = f"{base}.{node.module}" if node.module else base
+        else:
+            module = node.module or ""
+        if module.startswith("crumpets."):
+            for alias in node.names:
+                yield node.lineno, module, alias.name
+
+
+def is_module(package: str, name: str) -> bool:
+    try:
+        return importlib.util.find_spec(f"{package}.{name}") is not None
+    except ModuleNotFoundError:  # package is a module: name is something in it
+        return False
+
+
+def test_an_underscore_name_is_used_only_in_its_module():
+    # "_name" says "only this module uses it"; what a package's modules share has a plain
+    # name (in a private module when it is not public API). Importing a private module
+    # itself (from . import _platform) is how a package uses its private modules.
+    found = []
+    for path in python_sources():
+        for line, module, name in crumpets_imports(path, ast.parse(path.read_text())):
+            if name.startswith("_") and not name.startswith("__") and not is_module(module, name):
+                found.append(f"{path.relative_to(SOURCES)}:{line}: {module}.{name}")
+    assert not found, "\n".join(found)
+
+
+def test_private_functions_take_at_most_8_positional_parameters():
+    # Past 8, swapped arguments of one type fail silently: a private function takes the
+    # rest by keyword. Public ones keep the reference's signatures (transform_image: 23).
+    found = []
+    for path in python_sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args.posonlyargs + node.args.args
+                positional = [a for a in args if a.arg not in ("self", "cls")]
+                private = node.name.startswith("_") and not node.name.startswith("__")
+                if private and len(positional) > 8:
+                    found.append(f"{path.relative_to(SOURCES)}:{node.lineno}: {node.name}")
+    assert not found, "\n".join(found)

@@ -48,7 +48,6 @@ def test_load_and_cache(monkeypatch):
         ("crumpets.commands", "demo", "pip install crumpets-train"),
         ("crumpets.workers", "classification", "worker 'classification' needs crumpets-augment"),
         ("crumpets.workers", "saliency", "pip install crumpets-augment"),
-        ("crumpets.gpu_ops", "add_gamma", "GPU operation 'add_gamma' needs crumpets-torch"),
     ],
 )
 def test_missing_plugin_says_what_to_install(monkeypatch, group, name, message):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import struct
+from typing import Any
 
 import cv2
 import numpy as np
@@ -258,7 +259,7 @@ def _describe(data: bytes) -> str:
     return f"image ({len(data)} bytes{claims}, starting {bytes(data[:8])!r})"
 
 
-def _decode(data: bytes, color: bool, reduce: int = 1) -> np.ndarray:
+def decode(data: bytes, color: bool, reduce: int = 1) -> np.ndarray:
     """Decode image bytes with OpenCV: BGR (HxWx3) if ``color``, else gray (HxW), as the
     workers want them (the BGR to RGB conversion folds into the warp's RGBA conversion).
 
@@ -314,7 +315,7 @@ def decode_opencv(data: bytes, color: bool, *, max_pixels: int | None = MAX_PIXE
         MemoryError: if OpenCV cannot allocate the image.
     """
     check_pixels(data, max_pixels, image_size(data))
-    return _as_reference(_decode(data, color))
+    return _as_reference(decode(data, color))
 
 
 def decode_image(
@@ -352,7 +353,7 @@ def decode_image(
     factor = 1
     if size is not None and data[:2] == b"\xff\xd8":
         factor = _reduction(size, min_height, min_width, min_factor)
-    return _as_reference(_decode(data, color, factor))
+    return _as_reference(decode(data, color, factor))
 
 
 def _reduction(size: tuple[int, int], min_height: int, min_width: int, min_factor: int = 2) -> int:
@@ -364,3 +365,31 @@ def _reduction(size: tuple[int, int], min_height: int, min_width: int, min_facto
         if f >= min_factor and -(-h // f) >= min_height and -(-w // f) >= min_width:
             return f
     return 1
+
+
+def read_source(
+    src: Any, color: bool, max_pixels: int | None = MAX_PIXELS
+) -> tuple[Any, tuple[int, int]]:
+    """Check an image argument: encoded bytes or a uint8 array. Return it (decoded when it
+    is neither JPEG nor PNG, whose sizes the header gives) and its (height, width).
+
+    Encoded images whose header claims more than ``max_pixels`` pixels are refused
+    (:func:`check_pixels`) before anything is decoded."""
+    if isinstance(src, np.ndarray):
+        if src.dtype != np.uint8 or not (src.ndim == 2 or src.ndim == 3 and src.shape[2] in (1, 3)):
+            raise ValueError(
+                f"image arrays must be uint8, HxW, HxWx1 or HxWx3; got {src.dtype} {src.shape}"
+            )
+        source_size = src.shape[:2]
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        source_size = image_size(src)
+        check_pixels(src, max_pixels, source_size)
+    else:
+        raise TypeError(f"image must be encoded bytes or a uint8 array, got {type(src).__name__}")
+    if source_size is None:  # neither JPEG nor PNG: decode to learn the size
+        src = decode(src, color)
+        src = cv2.cvtColor(src, cv2.COLOR_BGR2RGB) if color else src
+        source_size = src.shape[:2]
+    if min(source_size) < 1:
+        raise ValueError(f"image has no pixels: {source_size[0]} x {source_size[1]}")
+    return src, tuple(source_size)

@@ -63,24 +63,25 @@ def make_transform(
     of its right side, positive y more of its bottom (the image moves up).
     """
     return np.array(
-        _transform_rows(
+        transform_rows(
             source_size,
             target_size,
-            angle,
-            scale,
-            aspect,
-            shift,
-            hmirror,
-            vmirror,
-            shear,
-            scale_mode,
+            angle=angle,
+            scale=scale,
+            aspect=aspect,
+            shift=shift,
+            hmirror=hmirror,
+            vmirror=vmirror,
+            shear=shear,
+            scale_mode=scale_mode,
         )
     )
 
 
-def _transform_rows(
+def transform_rows(
     source_size: tuple[int, ...],
     target_size: tuple[int, ...],
+    *,
     angle: float,
     scale: float,
     aspect: float,
@@ -119,12 +120,12 @@ def resize_matrix(fx: float, fy: float) -> np.ndarray:
     return np.array([[fx, 0.0, (fx - 1) / 2], [0.0, fy, (fy - 1) / 2], [0.0, 0.0, 1.0]])
 
 
-def _then(matrix: np.ndarray, fx: float, fy: float) -> np.ndarray:
+def then_scale(matrix: np.ndarray, fx: float, fy: float) -> np.ndarray:
     """``matrix`` applied to an image resized by 1/f: x = f*x_r + (f-1)/2."""
     return matrix @ resize_matrix(fx, fy)
 
 
-def _singular_values(matrix: Any) -> tuple[float, float]:
+def singular_values(matrix: Any) -> tuple[float, float]:
     """Largest and smallest scale of the linear part of a 2x3 matrix (an array, or rows
     of Python floats); closed form for 2x2."""
     rows = matrix.tolist() if isinstance(matrix, np.ndarray) else matrix

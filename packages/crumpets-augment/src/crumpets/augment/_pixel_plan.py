@@ -21,19 +21,18 @@ import numpy as np
 
 from crumpets.core.params import NOISE_TABLE_SIZE, PARAMS
 
-from ._geometry import _singular_values, _transform_rows
-from ._warp import WarpPlan, plan_warp, prepare_source, warp
-from .augmentation_cpu import (
-    _add_noise_windows,
-    _blur_taps,
-    _blur_with,
-    _gamma_chw,
-    _gamma_rows,
-    _noise_windows,
-    _round,
-    check_sigma,
-    sensor_sigmas,
+from ._geometry import singular_values, transform_rows
+from ._planar import (
+    apply_blur,
+    apply_gamma,
+    apply_noise,
+    blur_taps,
+    gamma_rows,
+    noise_windows,
+    round_rows,
 )
+from ._warp import WarpPlan, plan_warp, prepare_source, warp
+from .augmentation_cpu import check_sigma, sensor_sigmas
 
 __all__ = ["PixelPlan", "plan_pixels"]
 
@@ -49,7 +48,7 @@ class PixelPlan:
 
     Attributes:
         source: encoded bytes or a uint8 array (HxW or HxWx3), see
-            :func:`crumpets.augment.augmentation._source`.
+            :func:`crumpets.augment._decoding.read_source`.
         source_size: the source's (height, width).
         matrix: the 2x3 matrix from source to target pixels, as two rows of Python floats.
         shape: the result's (channels, height, width); 3 channels are RGB, 1 gray.
@@ -94,14 +93,14 @@ class PixelPlan:
         else:
             warp(im, self.warp, size, self.interpolation, self.border, planes[0], area)
         if self.gamma is not None:
-            _gamma_chw(out, self.gamma)
+            apply_gamma(out, self.gamma)
         if self.blur is not None:
-            _blur_with(planes, self.blur)
+            apply_blur(planes, self.blur)
         if self.noise_sigmas is not None:
             windows = self.noise_windows
             if windows is None:
-                windows = _noise_windows([size] * channels, self.noise_sigmas, self.noise_seed)
-            _add_noise_windows(planes, windows)
+                windows = noise_windows([size] * channels, self.noise_sigmas, self.noise_seed)
+            apply_noise(planes, windows)
 
 
 def _setting(params: Mapping[str, Any], name: str) -> Any:
@@ -125,7 +124,7 @@ def plan_pixels(
             or None geometric parameter is its neutral value. A pixel operation is on when
             :func:`crumpets.core.params.enabled_ops` says so (a gamma given, even 1.0).
         source: encoded bytes or a uint8 array, and ``source_size`` its (height, width),
-            as :func:`crumpets.augment.augmentation._source` returns them.
+            as :func:`crumpets.augment._decoding.read_source` returns them.
         shape: the target buffer's (channels, height, width), channels 3 (RGB) or 1.
         border: the warp's border value, one per channel and a 0 for alpha when colour.
         skip: pixel operations left to the GPU (names of ``PIXEL_OPS``).
@@ -133,17 +132,17 @@ def plan_pixels(
     channels, height, width = shape
     size = (height, width)
     color = channels == 3
-    rows = _transform_rows(
+    rows = transform_rows(
         source_size,
         size,
-        _setting(params, "angle"),
-        _setting(params, "scale"),
-        _setting(params, "aspect"),
-        _setting(params, "shift"),
-        _setting(params, "hmirror"),
-        _setting(params, "vmirror"),
-        _setting(params, "shear"),
-        _setting(params, "scale_mode"),
+        angle=_setting(params, "angle"),
+        scale=_setting(params, "scale"),
+        aspect=_setting(params, "aspect"),
+        shift=_setting(params, "shift"),
+        hmirror=_setting(params, "hmirror"),
+        vmirror=_setting(params, "vmirror"),
+        shear=_setting(params, "shear"),
+        scale_mode=_setting(params, "scale_mode"),
     )
     interpolation = int(_setting(params, "interp_method"))
     supersampling = _setting(params, "supersampling")
@@ -152,18 +151,18 @@ def plan_pixels(
     if "gamma" not in skip:
         gamma_gray, gamma_color, contrast = get("gamma_gray"), get("gamma_color"), get("contrast")
         if gamma_gray is not None or contrast or (color and gamma_color is not None):
-            table = _round(_gamma_rows(color, gamma_gray, gamma_color, contrast, channels))
+            table = round_rows(gamma_rows(color, gamma_gray, gamma_color, contrast, channels))
     blur = get("blur")
     if blur and "blur" not in skip:
-        taps = _blur_taps(check_sigma(blur * width))
+        taps = blur_taps(check_sigma(blur * width))
     noise = get("noise")
     seed = _setting(params, "noise_seed")
     if noise and "noise" not in skip:
         sigmas = sensor_sigmas(noise, channels)
         if channels * height * width <= NOISE_TABLE_SIZE:  # windows of the table: views
-            windows = _noise_windows([size] * channels, sigmas, seed)
+            windows = noise_windows([size] * channels, sigmas, seed)
     warp_plan = plan_warp(
-        np.array(rows), source_size, size, interpolation, supersampling, _singular_values(rows)
+        np.array(rows), source_size, size, interpolation, supersampling, singular_values(rows)
     )
     return PixelPlan(
         source=source,

@@ -35,8 +35,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ._decoding import _decode, image_size
-from ._geometry import _singular_values, _then, resize_matrix
+from ._decoding import decode, image_size
+from ._geometry import resize_matrix, singular_values, then_scale
 
 __all__ = ["WarpPlan", "plan_warp", "prepare_source", "warp"]
 
@@ -119,7 +119,7 @@ def _shrink_factor(matrix: np.ndarray, largest: float, reach: float, limit: int)
         return 1
     whole = round(min(1 / largest, limit + 1))
     if 2 <= whole <= limit and abs(largest * whole - 1) < 1e-9:
-        (a, b, x), (c, d, y) = _then(np.vstack([matrix, [0, 0, 1]]), whole, whole)[:2].tolist()
+        (a, b, x), (c, d, y) = then_scale(np.vstack([matrix, [0, 0, 1]]), whole, whole)[:2].tolist()
         if (
             b == c == 0
             and abs(abs(a) - 1) < 1e-9
@@ -168,17 +168,17 @@ def plan_warp(
         method: OpenCV's interpolation; nearest-neighbour (labels) is never blended.
         supersampling: k x k samples per target pixel; 0 chooses by the matrix's scales.
             An explicit k shrinks the source to at most the target's scale first.
-        scales: the matrix's largest and smallest scale (:func:`_singular_values`), when
+        scales: the matrix's largest and smallest scale (:func:`singular_values`), when
             known.
     """
-    largest, smallest = scales or _singular_values(matrix)
+    largest, smallest = scales or singular_values(matrix)
     nearest = method == cv2.INTER_NEAREST
     outside = not nearest and _reaches_outside(matrix, source_size, target_size)
     matrix0 = matrix
     reach = _REACH if supersampling == 0 else 1.0
     factor = 1 if nearest else _shrink_factor(matrix, largest, reach, max(source_size))
     if factor > 1:
-        matrix = _then(np.vstack([matrix, [0, 0, 1]]), factor, factor)[:2]
+        matrix = then_scale(np.vstack([matrix, [0, 0, 1]]), factor, factor)[:2]
         smallest *= factor
     k = 1 if nearest else supersampling or _samples(smallest)
     corners = _corners(matrix0, source_size, target_size, largest) if outside and k == 1 else ()
@@ -293,9 +293,9 @@ def prepare_source(
             size = image_size(data)
         if size is not None and data[:2] == b"\xff\xd8" and factor > 1:
             reduce = min(8, factor & -factor)  # the power of two in factor: libjpeg's part
-            im = _decode(data, bool(color), reduce)
+            im = decode(data, bool(color), reduce)
         else:
-            im = _decode(data, bool(color))
+            im = decode(data, bool(color))
         bgr = im.ndim == 3
     rest = factor // reduce
     covered = (1.0, 1.0)
@@ -395,3 +395,13 @@ def _warp(
         im, up, (tw * k, th * k), flags=method, borderMode=constant, borderValue=border
     )
     return cv2.resize(big, (tw, th), dst=dst, interpolation=cv2.INTER_AREA)
+
+
+def fill_values(background: Any, channels: int) -> tuple[float, ...]:
+    """The background as one value per channel (a single number fills every channel)."""
+    values = list(background) if isinstance(background, (list, tuple, np.ndarray)) else [background]
+    if len(values) == 1:
+        values *= channels
+    if len(values) != channels:
+        raise ValueError(f"background needs 1 or {channels} values, got {background!r}")
+    return tuple(float(v) for v in values)

@@ -23,14 +23,7 @@ import numpy as np
 
 from crumpets.core.params import PIXEL_OPS
 
-from ._decoding import (
-    MAX_PIXELS,
-    _decode,
-    check_pixels,
-    decode_image,
-    decode_opencv,
-    image_size,
-)
+from ._decoding import MAX_PIXELS, decode_image, decode_opencv, image_size, read_source
 from ._geometry import (
     SCALE_MODES,
     calc_scale_ratio,
@@ -39,7 +32,7 @@ from ._geometry import (
     map_keypoints,
 )
 from ._pixel_plan import plan_pixels
-from ._warp import plan_warp, prepare_source, warp
+from ._warp import fill_values, plan_warp, prepare_source, warp
 
 __all__ = [
     "SCALE_MODES",
@@ -54,16 +47,6 @@ __all__ = [
     "rotate_and_resize",
     "transform_image",
 ]
-
-
-def _fill(background: Any, channels: int) -> tuple[float, ...]:
-    """The background as one value per channel (a single number fills every channel)."""
-    values = list(background) if isinstance(background, (list, tuple, np.ndarray)) else [background]
-    if len(values) == 1:
-        values *= channels
-    if len(values) != channels:
-        raise ValueError(f"background needs 1 or {channels} values, got {background!r}")
-    return tuple(float(v) for v in values)
 
 
 def transform_image(
@@ -113,7 +96,7 @@ def transform_image(
     """
     if not skip <= PIXEL_OPS.keys():
         raise ValueError(f"skip must name pixel operations {list(PIXEL_OPS)}, got {sorted(skip)}")
-    src, source_size = _source(src, color, max_pixels)
+    src, source_size = read_source(src, color, max_pixels)
     channels = 3 if color else 1
     th, tw = size
     if out is None:
@@ -130,7 +113,7 @@ def transform_image(
         )
     else:
         result = out
-    fill = _fill(background, channels)
+    fill = fill_values(background, channels)
     params = {
         "angle": angle,
         "scale": scale,
@@ -159,34 +142,6 @@ def transform_image(
     return (cv2.merge(list(result)) if color else result[0]), matrix
 
 
-def _source(
-    src: Any, color: bool, max_pixels: int | None = MAX_PIXELS
-) -> tuple[Any, tuple[int, int]]:
-    """Check an image argument: encoded bytes or a uint8 array. Return it (decoded when it
-    is neither JPEG nor PNG, whose sizes the header gives) and its (height, width).
-
-    Encoded images whose header claims more than ``max_pixels`` pixels are refused
-    (:func:`check_pixels`) before anything is decoded."""
-    if isinstance(src, np.ndarray):
-        if src.dtype != np.uint8 or not (src.ndim == 2 or src.ndim == 3 and src.shape[2] in (1, 3)):
-            raise ValueError(
-                f"image arrays must be uint8, HxW, HxWx1 or HxWx3; got {src.dtype} {src.shape}"
-            )
-        source_size = src.shape[:2]
-    elif isinstance(src, (bytes, bytearray, memoryview)):
-        source_size = image_size(src)
-        check_pixels(src, max_pixels, source_size)
-    else:
-        raise TypeError(f"image must be encoded bytes or a uint8 array, got {type(src).__name__}")
-    if source_size is None:  # neither JPEG nor PNG: decode to learn the size
-        src = _decode(src, color)
-        src = cv2.cvtColor(src, cv2.COLOR_BGR2RGB) if color else src
-        source_size = src.shape[:2]
-    if min(source_size) < 1:
-        raise ValueError(f"image has no pixels: {source_size[0]} x {source_size[1]}")
-    return src, tuple(source_size)
-
-
 def rotate_and_resize(
     im: np.ndarray,
     angle: float,
@@ -208,7 +163,7 @@ def rotate_and_resize(
     )
     plan = plan_warp(matrix, im.shape[:2], target_size, method, supersampling)
     src, area = prepare_source(im, None, plan)
-    fill = _fill(background, src.shape[2] if src.ndim == 3 else 1)
+    fill = fill_values(background, src.shape[2] if src.ndim == 3 else 1)
     return warp(src, plan, target_size, method, fill, None, area)
 
 

@@ -50,41 +50,42 @@ level. (``GaussianBlur`` itself works in fixed point on uint8: up to one grey le
 from the formula, and slower.) A blur too small to move any pixel by half a grey level
 (``255 * (1 - centre_tap ** 2) < 0.5``, sigma below about 0.26) is skipped.
 
-Every kernel works channel by channel on contiguous planes: the workers write their result as
-(C, H, W) planes, and the functions ending in ``_planes`` apply a kernel to such planes in
-place, with the same results as the HxWxC kernels.
+Every kernel works channel by channel on contiguous planes, as the workers write their result
+((C, H, W) planes): the kernels here copy an HxWxC image into planes and run the one planar
+implementation, :mod:`crumpets.augment._planar`, that the workers run too.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
 
-from crumpets.core.params import NOISE_SCALE, NOISE_TABLE_SEED, NOISE_TABLE_SIZE
+from crumpets.core.params import NOISE_SCALE
+
+from ._planar import (
+    apply_blur,
+    apply_gamma,
+    apply_noise,
+    blur_taps,
+    gamma_rows,
+    noise_windows,
+    round_rows,
+)
 
 __all__ = [
     "add_blur",
     "add_gamma",
     "add_noise_other",
     "add_noise_rgb",
-    "blur_planes",
     "check_sigma",
     "gamma_lut",
-    "gamma_planes",
     "gamma_table",
-    "noise_planes",
     "noise_sigma",
     "sensor_sigmas",
 ]
-
-# Fixed size (256 values), computed once; not a cache that can grow.
-with np.errstate(divide="ignore"):
-    # log of the 256 input levels; log 0 = -inf, and exp(g * -inf) = 0 = 0 ** g for g > 0
-    _LOG_X = np.log(np.arange(256, dtype=np.float64) / 255.0)
 
 
 def _channels(im: np.ndarray) -> int:
@@ -120,29 +121,23 @@ def _unchanged(im: np.ndarray, out: np.ndarray | None) -> np.ndarray:
 
 
 def _per_plane(
-    im: np.ndarray, out: np.ndarray | None, apply: Callable[[list[np.ndarray]], None]
+    im: np.ndarray, out: np.ndarray | None, apply: Callable[[np.ndarray], None]
 ) -> np.ndarray:
-    """Run ``apply`` on contiguous copies of the channel planes of ``im``; return the
-    result in the layout of ``im`` (written into ``out`` when given)."""
+    """Run ``apply`` on a C-contiguous (C, H, W) copy of ``im``, as the workers' buffers
+    are laid out; return the result in the layout of ``im`` (written into ``out`` when
+    given)."""
     if im.ndim == 3 and im.shape[2] == 3:
-        planes = list(cv2.split(im))
+        planes = np.ascontiguousarray(im.transpose(2, 0, 1))
         apply(planes)
-        result = cv2.merge(planes)
+        result = cv2.merge(list(planes))
     else:
-        planes = [np.array(im.reshape(im.shape[:2]))]
+        planes = np.array(im.reshape(1, *im.shape[:2]))
         apply(planes)
         result = planes[0].reshape(im.shape)
     if out is None:
         return result
     np.copyto(out, result)
     return out
-
-
-def _check_gamma(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return value
 
 
 def gamma_lut(
@@ -170,57 +165,10 @@ def gamma_lut(
         ValueError: if a gamma is not a finite number > 0, ``contrast`` is outside [-1, 1], or
             ``gamma_color`` is used and does not have ``channels`` entries.
     """
-    rows = _gamma_rows(color, gamma_gray, gamma_color, contrast, channels)
+    rows = gamma_rows(color, gamma_gray, gamma_color, contrast, channels)
     if len(rows) < channels:  # one row serves every channel
         rows = np.repeat(rows, channels, axis=0)
     return rows.T
-
-
-def _gamma_rows(
-    color: bool,
-    gamma_gray: float | None,
-    gamma_color: Sequence[float] | None,
-    contrast: float | None,
-    channels: int,
-) -> np.ndarray:
-    """:func:`gamma_lut`'s table as rows of 256 (channels, 256), or one row when every
-    channel has the same gamma (no ``gamma_color``): the same values, a third of the work."""
-    if gamma_gray is not None:
-        g = _check_gamma("gamma_gray", gamma_gray)
-    else:
-        g = 1.0
-    if color and gamma_color is not None:
-        if len(gamma_color) != channels:
-            raise ValueError(
-                f"gamma_color must have one value per channel ({channels}), got {len(gamma_color)}"
-            )
-        gamma = [g * _check_gamma("gamma_color", c) for c in gamma_color]
-    else:
-        gamma = [g]
-    k = 0.0 if contrast is None else float(contrast)
-    if not -1.0 <= k <= 1.0:  # also rejects NaN
-        raise ValueError(f"contrast must be in [-1, 1], got {contrast}")
-    # x ** g as exp(g * log x): a quarter of the cost of pow, the same to ~1e-13.
-    # In place wherever it can be: on 256 values per row, each numpy call costs more
-    # than its arithmetic.
-    if len(gamma) == 1:
-        y = (_LOG_X * gamma[0])[None]
-    else:
-        y = np.array(gamma)[:, None] * _LOG_X
-    np.exp(y, out=y)
-    if k > 0:
-        s = np.cos(np.pi * y)
-        s *= 0.5
-        np.subtract(0.5, s, out=s)  # the S-curve
-        s -= y
-        s *= k
-        y += s
-    elif k < 0:
-        y -= 0.5
-        y *= 1.0 + k
-        y += 0.5
-    y *= 255.0
-    return y
 
 
 def add_gamma(
@@ -254,7 +202,7 @@ def add_gamma(
     if gamma_gray is None and not contrast and (not color or gamma_color is None):
         return _unchanged(im, out)
     table = gamma_table(color, gamma_gray, gamma_color, contrast, channels)
-    return _per_plane(im, out, lambda planes: gamma_planes(planes, table))
+    return _per_plane(im, out, lambda planes: apply_gamma(planes, table))
 
 
 def gamma_table(
@@ -265,29 +213,7 @@ def gamma_table(
     channels: int,
 ) -> np.ndarray:
     """The rounded lookup table of :func:`gamma_lut`: uint8, one row of 256 per channel."""
-    return _round(gamma_lut(color, gamma_gray, gamma_color, contrast, channels).T)
-
-
-def _round(rows: np.ndarray) -> np.ndarray:
-    # y is in [0, 1] for every formula of gamma_lut, so rounding needs no clipping
-    return np.rint(rows, out=rows).astype(np.uint8)
-
-
-def _gamma_chw(image: np.ndarray, rows: np.ndarray) -> None:
-    """Look up a C-contiguous uint8 (C, H, W) image in place: plane c in row c of a
-    :func:`_gamma_rows` table, rounded, or every plane in one call when it has one row."""
-    channels, height, width = image.shape
-    if len(rows) == 1:
-        cv2.LUT(image.reshape(channels * height, width), rows[0], dst=image.reshape(-1, width))
-    else:
-        for c in range(channels):
-            cv2.LUT(image[c], rows[c], dst=image[c])
-
-
-def gamma_planes(planes: Sequence[np.ndarray], table: np.ndarray) -> None:
-    """Look up each contiguous uint8 plane in its row of a :func:`gamma_table`, in place."""
-    for plane, row in zip(planes, table, strict=True):
-        cv2.LUT(plane, row, dst=plane)
+    return round_rows(gamma_lut(color, gamma_gray, gamma_color, contrast, channels).T)
 
 
 def noise_sigma(strength: float | None) -> float:
@@ -297,53 +223,6 @@ def noise_sigma(strength: float | None) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"strength must be a finite number >= 0, got {strength}")
     return value * NOISE_SCALE
-
-
-_NOISE_TABLE = NOISE_TABLE_SIZE  # standard normal samples per process: 8 MB, made once
-
-
-@functools.cache
-def _noise_table() -> np.ndarray:
-    return np.random.default_rng(NOISE_TABLE_SEED).standard_normal(_NOISE_TABLE, np.float32)
-
-
-def noise_planes(planes: Sequence[np.ndarray], sigmas: Sequence[float], seed: int) -> None:
-    """Add noise of ``sigmas[c]`` grey levels to contiguous uint8 plane ``c``, in place,
-    from a window of the noise table placed by ``seed`` (see the module docstring)."""
-    _add_noise_windows(planes, _noise_windows([plane.shape for plane in planes], sigmas, seed))
-
-
-def _noise_windows(
-    shapes: Sequence[tuple[int, ...]], sigmas: Sequence[float], seed: int
-) -> list[tuple[np.ndarray, float]]:
-    """What :func:`noise_planes` adds to planes of these shapes: per plane, its window of
-    standard normal samples and its sigma."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    sizes = [math.prod(shape) for shape in shapes]
-    size = sum(sizes)
-    if size <= _NOISE_TABLE:
-        # A window of a fixed table of normal samples, placed by the seed: as random as
-        # fresh draws for augmentation, replayable, and a quarter of their cost.
-        offset = int(seed) % (_NOISE_TABLE - size + 1)
-        z = _noise_table()[offset : offset + size]
-    else:
-        # fresh samples from the seed's own generator (never OpenCV's global one)
-        z = np.random.default_rng(int(seed)).standard_normal(size, np.float32)
-    windows = []
-    start = 0
-    for shape, n, sigma in zip(shapes, sizes, sigmas, strict=True):
-        windows.append((z[start : start + n].reshape(shape), float(sigma)))
-        start += n
-    return windows
-
-
-def _add_noise_windows(
-    planes: Sequence[np.ndarray], windows: Sequence[tuple[np.ndarray, float]]
-) -> None:
-    for plane, (window, sigma) in zip(planes, windows, strict=True):
-        # one pass in float32: plane + window * sigma, rounded and saturated to uint8
-        cv2.addWeighted(plane, 1.0, window, sigma, 0.0, dst=plane, dtype=cv2.CV_8U)
 
 
 def add_noise_rgb(
@@ -416,7 +295,13 @@ def _add_noise(
         return _unchanged(im, out)
     if seed is None:  # a fresh pattern, from the OS's entropy (never the global generator)
         seed = int(np.random.default_rng().integers(2**31))
-    return _per_plane(im, out, lambda planes: noise_planes(planes, sigmas, seed))
+    return _per_plane(
+        im,
+        out,
+        lambda planes: apply_noise(
+            planes, noise_windows([planes.shape[1:]] * len(planes), sigmas, seed)
+        ),
+    )
 
 
 def add_blur(
@@ -447,7 +332,10 @@ def add_blur(
     s = check_sigma(sigma)
     if s == 0:
         return _unchanged(im, out)
-    return _per_plane(im, out, lambda planes: blur_planes(planes, s))
+    taps = blur_taps(s)
+    if taps is None:  # too small to move any pixel
+        return _unchanged(im, out)
+    return _per_plane(im, out, lambda planes: apply_blur(planes, taps))
 
 
 def check_sigma(sigma: float | None) -> float:
@@ -456,30 +344,3 @@ def check_sigma(sigma: float | None) -> float:
     if not math.isfinite(s) or s < 0:
         raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
     return s
-
-
-def blur_planes(planes: Sequence[np.ndarray], sigma: float) -> None:
-    """Blur each contiguous uint8 plane with a Gaussian of ``sigma`` pixels, in place."""
-    taps = _blur_taps(sigma)
-    if taps is not None:
-        _blur_with(planes, taps)
-
-
-def _blur_taps(sigma: float) -> np.ndarray | None:
-    """The Gaussian's taps for :func:`blur_planes`; None for a blur that changes no pixel."""
-    if sigma < 0.25:
-        # The test below skips these without building the kernel: 1 or 3 taps, and with 3
-        # the centre weight 1 / (1 + 2 exp(-1 / (2 sigma**2))) is above 0.9993.
-        return None
-    taps = cv2.getGaussianKernel(round(6 * sigma + 1) | 1, sigma)  # round: half to even
-    centre = float(taps[len(taps) // 2, 0])
-    if 255 * (1 - centre * centre) < 0.5:
-        # A pixel moves by at most 255 times the weight off the centre tap: below half a
-        # grey level nothing changes (sigma < 0.26; half of AUGMENTATION_TRAIN's blurs).
-        return None
-    return taps
-
-
-def _blur_with(planes: Sequence[np.ndarray], taps: np.ndarray) -> None:
-    for plane in planes:
-        cv2.sepFilter2D(plane, -1, taps, taps, dst=plane, borderType=cv2.BORDER_REFLECT_101)

@@ -51,7 +51,7 @@ LEGACY_INDEX_SUFFIX = ".index"
 # Names the new files while a dataset's files are replaced; crumpets' own.
 JOURNAL_SUFFIX = ".journal"
 # What a Writer writes beside the data file.
-_INDEX_SUFFIXES = (OFFSETS_SUFFIX, KEYS_SUFFIX, KEY_HASHES_SUFFIX, FILTER_SUFFIX, MD5_SUFFIX)
+INDEX_SUFFIXES = (OFFSETS_SUFFIX, KEYS_SUFFIX, KEY_HASHES_SUFFIX, FILTER_SUFFIX, MD5_SUFFIX)
 _OFFSET_DTYPE = np.dtype(">u8")
 
 _SALT_SIZE = 8
@@ -114,7 +114,7 @@ def _key_filter(
     return header + bits.tobytes()
 
 
-def _index_files(
+def index_files(
     path: str, offsets: Sequence[int] | np.ndarray, keys: list[str], data_md5: str
 ) -> list[tuple[str, bytes]]:
     """Every index file of the dataset ``path`` as ``(final path, contents)``, .md5 last."""
@@ -156,7 +156,7 @@ def _parse_md5(raw: bytes, md5_path: str) -> dict[str, str]:
     return hashes
 
 
-def _extras_problem(path: str, suffix: str, length: int, file: BinaryIO | None) -> str | None:
+def extras_problem(path: str, suffix: str, length: int, file: BinaryIO | None) -> str | None:
     """What is wrong with the optional index file ``path + suffix``, opened as ``file``
     (None: it does not exist), judged by its size and header only (cheap enough for every
     open); None if nothing."""
@@ -258,7 +258,7 @@ def _check_offsets(offsets: np.ndarray, source: str, data_path: str, data_size: 
     return offsets
 
 
-def _read_offsets(raw: bytes, offsets_path: str, data_path: str, data_size: int) -> np.ndarray:
+def read_offsets(raw: bytes, offsets_path: str, data_path: str, data_size: int) -> np.ndarray:
     if not raw or len(raw) % 8:
         raise ValueError(
             f"{offsets_path}: size {len(raw)} bytes is not a positive multiple of 8 "
@@ -268,7 +268,7 @@ def _read_offsets(raw: bytes, offsets_path: str, data_path: str, data_size: int)
     return _check_offsets(offsets, offsets_path, data_path, data_size)
 
 
-def _read_legacy_index(
+def read_legacy_index(
     raw: bytes, index_path: str, data_path: str, data_size: int
 ) -> tuple[np.ndarray, list[Any]]:
     try:
@@ -286,7 +286,7 @@ def _read_legacy_index(
     return offsets, [key for key, _ in pairs]
 
 
-def _read_keys(raw: bytes, keys_path: str, length: int) -> list[str]:
+def read_keys(raw: bytes, keys_path: str, length: int) -> list[str]:
     try:
         keys = msgpack.unpackb(raw, raw=False)
     except Exception as e:

@@ -30,7 +30,7 @@ import zmq
 
 from . import _platform
 from ._messages import Request, decode_header, encode_request, rebuild_error
-from ._signals import deferred_signals
+from ._signals import STACK_DUMP, deferred_signals
 from ._worker_loop import run_worker
 from .shm import SharedBufferManager
 
@@ -126,7 +126,7 @@ class Dispatcher:
         """Have every live worker write its Python stack to stderr (faulthandler)."""
         for proc in self.processes:
             if proc.exitcode is None:
-                os.kill(proc.pid, signal.SIGUSR1)
+                os.kill(proc.pid, STACK_DUMP)
                 time.sleep(0.2)  # one at a time, so the dumps do not interleave
 
     @property

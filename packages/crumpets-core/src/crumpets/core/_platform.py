@@ -2,22 +2,21 @@
 for its worker processes.
 
 How they start (fork where it is safe, spawn elsewhere: :data:`START_METHOD`), their
-names in ``ps``/``top``, glibc's malloc told to keep freed memory, and a stack dump on
-SIGUSR1 (:func:`tune_worker_process`; ``CRUMPETS_TUNE=0`` in the environment turns the
-malloc and naming tweaks off). The memory the buffer pool lives in is
+names in ``ps``/``top``, glibc's malloc told to keep freed memory, and their signal
+handlers (:mod:`crumpets.core._signals`) (:func:`tune_worker_process`; ``CRUMPETS_TUNE=0``
+in the environment turns the malloc and naming tweaks off). The memory the buffer pool lives in is
 :mod:`crumpets.core._memory`'s job.
 """
 
 from __future__ import annotations
 
 import ctypes
-import faulthandler
 import gc
 import os
 import platform
-import signal
 import sys
 
+from ._signals import set_worker_signals
 from .procname import setprocname
 
 __all__ = [
@@ -67,10 +66,10 @@ def workers_are_forked() -> bool:
 
 
 def tune_worker_process(worker_id: int) -> None:
-    """What a worker process does to itself when it starts: Ctrl-C is left to the main
-    process (it reaches the whole process group), SIGTERM ends it, ``ps`` shows it as
-    ``crumpets-wN``, malloc keeps freed memory (:func:`keep_freed_memory`), and SIGUSR1
-    dumps its Python stack to stderr (the loader's stall watchdog sends it), and what it
+    """What a worker process does to itself when it starts: its signal handlers
+    (:func:`crumpets.core._signals.set_worker_signals`: Ctrl-C is left to the main process,
+    SIGTERM ends it, SIGUSR1 dumps its stack), ``ps`` shows it as ``crumpets-wN``, malloc
+    keeps freed memory (:func:`keep_freed_memory`), and what it
     inherited is never garbage collected here (``gc.freeze``): a storage client's finalizer
     would wait for its parent's event loop, which has no thread in this process (s3fs:
     a second each), and collecting what the worker never uses only copies memory.
@@ -78,13 +77,7 @@ def tune_worker_process(worker_id: int) -> None:
     ``CRUMPETS_TUNE=0`` in the environment skips the name and the malloc setting.
     """
     gc.freeze()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    set_worker_signals()
     if os.environ.get("CRUMPETS_TUNE", "1") != "0":
         setprocname(f"crumpets-w{worker_id}")
         keep_freed_memory()
-    try:
-        # File descriptor 2, as sys.stderr may have none (pytest, Jupyter).
-        faulthandler.register(signal.SIGUSR1, file=2, all_threads=True)
-    except (OSError, ValueError, RuntimeError):
-        pass  # no stderr to dump to: stalls are still reported, without a stack

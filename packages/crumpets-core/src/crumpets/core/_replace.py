@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 
 import msgpack
 
-from ._index_files import _INDEX_SUFFIXES, JOURNAL_SUFFIX
+from ._index_files import INDEX_SUFFIXES, JOURNAL_SUFFIX
 
 try:
     import fcntl
@@ -222,7 +222,7 @@ def remove_stale_temps(path: str) -> None:
     if fcntl is None:  # no way to tell a running writer's files from a killed one's
         return
     directory, name = os.path.split(path)
-    suffixes = "|".join(re.escape(s) for s in ("", *_INDEX_SUFFIXES, JOURNAL_SUFFIX))
+    suffixes = "|".join(re.escape(s) for s in ("", *INDEX_SUFFIXES, JOURNAL_SUFFIX))
     pattern = re.compile(rf"\.{re.escape(name)}({suffixes})\.([0-9a-f]{{{2 * _TOKEN_BYTES}}})\.tmp")
     by_writer: dict[str, list[str]] = {}
     with os.scandir(directory or ".") as entries:
@@ -252,7 +252,7 @@ def _read_journal(path: str) -> dict[str, str] | None:
     except Exception as e:
         raise ValueError(f"{journal}: not a journal written by crumpets ({e!r})") from e
     if not isinstance(files, dict) or not all(
-        suffix in ("", *_INDEX_SUFFIXES)
+        suffix in ("", *INDEX_SUFFIXES)
         and isinstance(name, str)
         and name.startswith(".")
         and os.path.basename(name) == name

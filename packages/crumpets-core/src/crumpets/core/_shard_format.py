@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._index_files import _INDEX_SUFFIXES, KEYS_SUFFIX, OFFSETS_SUFFIX, SUFFIX
+from ._index_files import INDEX_SUFFIXES, KEYS_SUFFIX, OFFSETS_SUFFIX, SUFFIX
 from .dataset import Writer
 
 __all__ = ["FILES", "INDEX", "READ_FILES", "ShardWriter", "parse_size", "read_index"]
@@ -26,7 +26,7 @@ INDEX = "index.json"
 FORMAT = "crumpets.shards"
 VERSION = 1
 # The files of a shard, relative to its name: the data file and the index files.
-FILES = (SUFFIX, *(SUFFIX + s for s in _INDEX_SUFFIXES))
+FILES = (SUFFIX, *(SUFFIX + s for s in INDEX_SUFFIXES))
 # What a reader needs of a shard (a cache downloads these): data, offsets, keys.
 READ_FILES = (SUFFIX, SUFFIX + OFFSETS_SUFFIX, SUFFIX + KEYS_SUFFIX)
 

@@ -1,5 +1,7 @@
-"""Signals in the main process: SIGTERM that unwinds like Ctrl-C while loaders run, and
-stretches of work that a signal must not cut in two.
+"""Every signal crumpets handles, in one place. In the main process: SIGTERM that unwinds
+like Ctrl-C while loaders run, and stretches of work that a signal must not cut in two. In
+a worker process: :func:`set_worker_signals`, and :data:`STACK_DUMP`, the signal the stall
+watchdog sends a worker to have its Python stack written to stderr.
 
 Python runs a signal's handler in the main thread, between two bytecodes of whatever it
 is doing. A KeyboardInterrupt that lands between ``fork()`` and the line that records the
@@ -12,13 +14,16 @@ it, and the handler still runs here).
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["SigtermGuard", "deferred_signals", "SIGTERM_GUARD"]
+__all__ = ["STACK_DUMP", "SIGTERM_GUARD", "SigtermGuard", "deferred_signals", "set_worker_signals"]
+
+STACK_DUMP = signal.SIGUSR1
 
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
@@ -110,3 +115,16 @@ def _raise_exit(signum: int, frame: Any) -> None:
 
 
 SIGTERM_GUARD = SigtermGuard()
+
+
+def set_worker_signals() -> None:
+    """A worker process's handlers: Ctrl-C is left to the main process (it reaches the
+    whole process group, and the main process stops the workers in order), SIGTERM ends
+    the worker, and :data:`STACK_DUMP` writes its Python stack to stderr."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        # File descriptor 2, as sys.stderr may have none (pytest, Jupyter).
+        faulthandler.register(STACK_DUMP, file=2, all_threads=True)
+    except (OSError, ValueError, RuntimeError):
+        pass  # no stderr to dump to: stalls are still reported, without a stack

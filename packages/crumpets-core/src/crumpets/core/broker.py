@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from ._messages import Request, WorkerError
 from ._pipeline import Consumer, Dispatcher, Pipeline, Producer
 from ._platform import keep_freed_memory, workers_are_forked
 from ._worker_loop import run_worker
+from .params import PIXEL_OPS
 from .plan import SampleRNG
 from .shm import DummyBufferManager, SharedBufferManager, pack, unpack
 
@@ -57,7 +58,8 @@ class Worker(ABC):
             process is still alive; an orphaned worker exits by itself.
         daemon: daemon flag of the worker process.
         gpu_augmentation: True disables CPU pixel augmentations that a GPU Randomizer
-            applies instead.
+            applies instead: all of :data:`crumpets.core.params.PIXEL_OPS`, unless
+            :meth:`set_gpu_augmentation` is told which.
     """
 
     def __init__(self, timeout: int = 1000, daemon: bool = True, gpu_augmentation: bool = False):
@@ -66,6 +68,7 @@ class Worker(ABC):
         self.timeout = int(timeout)
         self.daemon = bool(daemon)
         self.gpu_augmentation = bool(gpu_augmentation)
+        self.gpu_ops: frozenset[str] = frozenset(PIXEL_OPS)
         self.worker_id = 0
         self.work_address: str | None = None
         self.result_address: str | None = None
@@ -75,8 +78,26 @@ class Worker(ABC):
         processes itself)."""
         self.work_address, self.result_address = work, result
 
-    def set_gpu_augmentation(self, val: bool) -> None:
-        """True disables CPU augmentations for which a GPU version is applied."""
+    def set_gpu_augmentation(self, val: bool, ops: Iterable[str] | None = None) -> None:
+        """True disables CPU augmentations for which a GPU version is applied.
+
+        Args:
+            val: whether a GPU applies pixel operations after the workers.
+            ops: which ones (names of :data:`crumpets.core.params.PIXEL_OPS`); None: all
+                of them. The loader that applies them says which (crumpets-torch's
+                ``TorchTurboDataLoader`` passes its Randomizer's operations).
+
+        Raises:
+            ValueError: ``ops`` names something that is not a pixel operation.
+        """
+        if ops is not None:
+            ops = frozenset(ops)
+            if not ops <= PIXEL_OPS.keys():
+                raise ValueError(
+                    f"ops must name pixel operations {list(PIXEL_OPS)}, "
+                    f"got {sorted(ops - PIXEL_OPS.keys())}"
+                )
+            self.gpu_ops = ops
         self.gpu_augmentation = bool(val)
 
     @abstractmethod

@@ -43,19 +43,19 @@ import msgpack
 import numpy as np
 
 from ._index_files import (
-    _INDEX_SUFFIXES,
     FILTER_SUFFIX,
+    INDEX_SUFFIXES,
     KEY_HASHES_SUFFIX,
     KEYS_SUFFIX,
     LEGACY_INDEX_SUFFIX,
     MD5_SUFFIX,
     OFFSETS_SUFFIX,
     SUFFIX,
-    _extras_problem,
-    _index_files,
-    _read_keys,
-    _read_legacy_index,
-    _read_offsets,
+    extras_problem,
+    index_files,
+    read_keys,
+    read_legacy_index,
+    read_offsets,
     verify_index_files,
 )
 from ._replace import (
@@ -152,7 +152,7 @@ class Writer:
             recover(self.path)
             remove_stale_temps(self.path)
             if not overwrite:
-                for suffix in ("", *_INDEX_SUFFIXES):
+                for suffix in ("", *INDEX_SUFFIXES):
                     if os.path.exists(self.path + suffix):
                         raise FileExistsError(
                             f"{self.path + suffix} exists; pass overwrite=True to replace it"
@@ -217,7 +217,7 @@ class Writer:
             # The file stays open, and locked, until abort() below.
             sync(self._file)
             self._file = None
-            files = _index_files(self.path, self._offsets, list(self._keys), self._md5.hexdigest())
+            files = index_files(self.path, self._offsets, list(self._keys), self._md5.hexdigest())
             with locked(self.path):
                 replace_files(self.path, self._token, files, self._temps, {"": self._temps[0]})
         finally:
@@ -270,7 +270,7 @@ def write_index(path: str | os.PathLike[str]) -> None:
     for key in keys:
         if not isinstance(key, str):
             raise TypeError(f"{reader.path}: key {key!r} is not a str")
-    files = _index_files(reader.path, offsets, keys, data_md5)
+    files = index_files(reader.path, offsets, keys, data_md5)
     temps: list[str] = []
     try:
         with locked(reader.path):
@@ -290,7 +290,7 @@ def write_index(path: str | os.PathLike[str]) -> None:
 
 # The files a Reader opens: the data file, the index (or an old datadings' .index) and
 # datadings' optional files, checked on open.
-_READ_SUFFIXES = ("", *_INDEX_SUFFIXES, LEGACY_INDEX_SUFFIX)
+_READ_SUFFIXES = ("", *INDEX_SUFFIXES, LEGACY_INDEX_SUFFIX)
 
 
 class Reader:
@@ -374,15 +374,15 @@ class Reader:
             legacy_path = self.path + LEGACY_INDEX_SUFFIX
             offsets_file, legacy_file = files[OFFSETS_SUFFIX], files[LEGACY_INDEX_SUFFIX]
             if offsets_file is not None:
-                self._offsets = _read_offsets(offsets_file.read(), offsets_path, self.path, size)
+                self._offsets = read_offsets(offsets_file.read(), offsets_path, self.path, size)
                 keys = files[KEYS_SUFFIX]
                 self._keys = (
                     None
                     if keys is None
-                    else _read_keys(keys.read(), self.path + KEYS_SUFFIX, len(self._offsets) - 1)
+                    else read_keys(keys.read(), self.path + KEYS_SUFFIX, len(self._offsets) - 1)
                 )
             elif legacy_file is not None:
-                self._offsets, self._keys = _read_legacy_index(
+                self._offsets, self._keys = read_legacy_index(
                     legacy_file.read(), legacy_path, self.path, size
                 )
             else:
@@ -392,7 +392,7 @@ class Reader:
                 )
             problems = []
             for suffix in (KEY_HASHES_SUFFIX, FILTER_SUFFIX, MD5_SUFFIX) if check_extras else ():
-                problem = _extras_problem(self.path, suffix, len(self), files[suffix])
+                problem = extras_problem(self.path, suffix, len(self), files[suffix])
                 if problem is not None:
                     problems.append((suffix, problem))
             # mmap refuses empty files; an empty dataset has nothing to map.

@@ -30,14 +30,10 @@ KNOWN_PLUGINS: dict[str, dict[str, str]] = {
     },
 }
 
-# Groups that belong to a single distribution whatever the name.
-KNOWN_GROUPS: dict[str, str] = {"crumpets.gpu_ops": "crumpets-torch"}
-
 # How a plugin of each group is called in messages.
 _WHAT = {
     "crumpets.commands": "`crumpets {name}`",
     "crumpets.workers": "worker {name!r}",
-    "crumpets.gpu_ops": "GPU operation {name!r}",
 }
 
 
@@ -51,7 +47,7 @@ def known_distribution(group: str, name: str) -> str | None:
     Returns:
         The distribution name (``"crumpets-augment"``), or None for unknown names.
     """
-    return KNOWN_PLUGINS.get(group, {}).get(name) or KNOWN_GROUPS.get(group)
+    return KNOWN_PLUGINS.get(group, {}).get(name)
 
 
 def _is_installed(distribution: str) -> bool:

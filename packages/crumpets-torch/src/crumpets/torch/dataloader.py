@@ -10,7 +10,7 @@ import torch
 from crumpets.core.broker import workers_are_forked
 from crumpets.core.dataloader import TurboDataLoader
 
-from .randomizer import randomize_sample
+from .randomizer import GPU_OPS, randomize_sample
 from .shm import DummyTensorManager, SharedTensorManager
 
 __all__ = ["TorchTurboDataLoader", "parse_devices"]
@@ -93,7 +93,7 @@ class TorchTurboDataLoader(TurboDataLoader):
         self.gpu_augmentation = bool(gpu_augmentation)
         if self.gpu_augmentation:
             worker_template = copy.copy(worker_template)
-            worker_template.set_gpu_augmentation(True)
+            worker_template.set_gpu_augmentation(True, GPU_OPS)
         super().__init__(
             iterable,
             batch_size,

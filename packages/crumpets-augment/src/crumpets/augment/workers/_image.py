@@ -18,13 +18,12 @@ import cv2
 import numpy as np
 
 from crumpets.core.broker import Batch, BufferWorker
-from crumpets.core.params import OUTPUT_KEYS, PARAMS, PIXEL_OPS, check_params, enabled_ops
-from crumpets.core.plugins import entry_point_names
+from crumpets.core.params import OUTPUT_KEYS, PARAMS, check_params, enabled_ops
 
-from .._decoding import MAX_PIXELS, check_max_pixels
+from .._decoding import MAX_PIXELS, check_max_pixels, read_source
 from .._geometry import OUTSIDE, map_boxes, map_keypoints
 from .._pixel_plan import plan_pixels
-from ..augmentation import _fill, _source
+from .._warp import fill_values
 from ..rng import RNG, NoRNG
 
 __all__ = [
@@ -51,12 +50,6 @@ _NO_SKIP: frozenset[str] = frozenset()
 _PLAIN_TYPES = frozenset({float, int, bool, str, type(None)})
 
 
-@functools.cache
-def _gpu_ops() -> frozenset[str]:
-    # crumpets-torch registers the pixel operations its Randomizer applies.
-    return frozenset(entry_point_names("crumpets.gpu_ops")) & PIXEL_OPS.keys()
-
-
 def _plain(value: Any) -> Any:
     if type(value) in _PLAIN_TYPES:
         return value
@@ -80,6 +73,7 @@ class _Target:
         "channels",
         "colorspace",
         "gpu_augmentation",
+        "gpu_ops",
         "shape",
         "skip",
         "spec",
@@ -97,12 +91,14 @@ class _Target:
         # The GPU applies pixel operations to the RGB (or gray) result; for another
         # colour space they must come before the conversion, on the CPU.
         self.gpu_augmentation = worker.gpu_augmentation
-        self.skip = _gpu_ops() if worker.gpu_augmentation else _NO_SKIP
+        self.gpu_ops = worker.gpu_ops
+        self.skip = worker.gpu_ops if worker.gpu_augmentation else _NO_SKIP
 
     def fits(self, worker: ImageWorker, key: str, shape: tuple[int, ...]) -> bool:
         return (
             self.shape == shape
             and self.gpu_augmentation == worker.gpu_augmentation
+            and self.gpu_ops is worker.gpu_ops
             and self.source is worker.buffer_specs[key]
         )
 
@@ -110,7 +106,7 @@ class _Target:
 def _border(background: Any, channels: int) -> tuple[float, ...]:
     """The warp's border value for ``background``: one per channel, and 0 for the alpha
     channel of a colour image (warped as RGBA)."""
-    fill = _fill(background, channels)
+    fill = fill_values(background, channels)
     return (*fill, 0.0) if channels == 3 else fill
 
 
@@ -120,7 +116,7 @@ def _int_range(dtype: np.dtype) -> tuple[int, int]:
     return int(info.min), int(info.max)
 
 
-def _field(sample: dict, key: str) -> Any:
+def sample_field(sample: dict, key: str) -> Any:
     try:
         return sample[key]
     except KeyError:
@@ -294,7 +290,7 @@ class ImageWorker(BufferWorker):
         # RGB and gray go straight into a uint8 buffer's planes; the rest is converted
         # from an RGB image.
         direct = convert is None and out.dtype == np.uint8 and out.flags.c_contiguous
-        src, source_size = _source(im, channels == 3, self.max_pixels)
+        src, source_size = read_source(im, channels == 3, self.max_pixels)
         plan = plan_pixels(params, src, source_size, target.shape, border=border, skip=skip)
         # The report is made before the pixels: Python runs faster before decoding and
         # warping an image than after, which flush its data from the caches.
@@ -339,7 +335,7 @@ class ImageWorker(BufferWorker):
     def prepare(self, sample: dict, batch: dict, buffers: dict) -> None:
         params = self.draw_params()
         params.update(self.params["image"])
-        augmentation = self._image(_field(sample, "image"), batch, buffers, params, "image")
+        augmentation = self._image(sample_field(sample, "image"), batch, buffers, params, "image")
         batch["augmentation"].append(augmentation)
         self.prepare_points(sample, batch, augmentation, "image")
 
@@ -370,7 +366,7 @@ class ClassificationWorker(ImageWorker):
 
     def prepare(self, sample: dict, batch: dict, buffers: dict) -> None:
         super().prepare(sample, batch, buffers)
-        label = _field(sample, "label")
+        label = sample_field(sample, "label")
         out = buffers["label"]
         if type(label) is int and out.size == 1 and out.dtype.kind in "iu":
             # the usual class index: a range check instead of the general conversion below
@@ -426,9 +422,11 @@ class FCNWorker(ImageWorker):
     def prepare(self, sample: dict, batch: dict, buffers: dict) -> None:
         params = self.draw_params()
         image_params = {**params, **self.params["image"]}
-        augmentation = self._image(_field(sample, "image"), batch, buffers, image_params, "image")
+        augmentation = self._image(
+            sample_field(sample, "image"), batch, buffers, image_params, "image"
+        )
         target_params = {**params, **self.params["target_image"]}
-        target = _field(sample, "target_image")
+        target = sample_field(sample, "target_image")
         target_augmentation = self._image(target, batch, buffers, target_params, "target_image")
         batch["augmentation"].append(augmentation)
         batch["target_augmentation"].append(target_augmentation)

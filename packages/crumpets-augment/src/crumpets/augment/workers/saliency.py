@@ -15,7 +15,7 @@ import numpy as np
 
 from .._geometry import resize_matrix
 from ..rng import RNG
-from ._image import ImageWorker, _field
+from ._image import ImageWorker, sample_field
 
 __all__ = [
     "TARGET_PARAMS",
@@ -208,7 +208,7 @@ class SaliencyWorker(ImageWorker):
         params = self.params["target_image"]
         target = buffers["target_image"]
         h, w = target.shape[-2:]
-        experiments = [_experiment_points(e) for e in _field(sample, "experiments")]
+        experiments = [_experiment_points(e) for e in sample_field(sample, "experiments")]
         # the draws, recorded with the map's parameters so that it can be replayed
         drawn = {**params, "experiments": None, "jitter_seed": None, "gpu_ops": []}
         with_points = [i for i, e in enumerate(experiments) if len(e)]
