@@ -127,7 +127,8 @@ def _per_plane(
     are laid out; return the result in the layout of ``im`` (written into ``out`` when
     given)."""
     if im.ndim == 3 and im.shape[2] == 3:
-        planes = np.ascontiguousarray(im.transpose(2, 0, 1))
+        planes = np.empty((3, *im.shape[:2]), np.uint8)
+        cv2.split(im, list(planes))  # into the planes: faster than numpy's transposed copy
         apply(planes)
         result = cv2.merge(list(planes))
     else:
