@@ -12,7 +12,8 @@ from .augmentation_cuda import apply_pixel_ops
 __all__ = ["GPU_OPS", "Randomizer", "randomize", "randomize_sample"]
 
 # In the CPU workers' order. Workers leave these to the GPU when gpu_augmentation=True
-# (registered as the crumpets.gpu_ops entry points) and list them in 'gpu_ops'.
+# (TorchTurboDataLoader passes them: Worker.set_gpu_augmentation(True, GPU_OPS)) and list
+# them in 'gpu_ops'.
 GPU_OPS = tuple(PIXEL_OPS)
 
 
