@@ -300,7 +300,7 @@ def _add_noise(
         im,
         out,
         lambda planes: apply_noise(
-            planes, noise_windows([planes.shape[1:]] * len(planes), sigmas, seed)
+            list(planes), noise_windows([planes.shape[1:]] * len(planes), sigmas, seed)
         ),
     )
 
@@ -336,7 +336,7 @@ def add_blur(
     taps = blur_taps(s)
     if taps is None:  # too small to move any pixel
         return _unchanged(im, out)
-    return _per_plane(im, out, lambda planes: apply_blur(planes, taps))
+    return _per_plane(im, out, lambda planes: apply_blur(list(planes), taps))
 
 
 def check_sigma(sigma: float | None) -> float:
