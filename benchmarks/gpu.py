@@ -26,7 +26,17 @@ cores; it must stay under five), in this order:
    ``make_dataset`` if scikit-image can be imported, else this part is skipped with a
    message. The clock stops after ``torch.cuda.synchronize()``, so the images counted
    have been copied and augmented.
-5. trainer: ms per training step of crumpets.train.Trainer against the plain loop of
+5. gpu decode: images/s and the main process's CPU % (its CPU time over wall time, all
+   its threads; the workers are other processes) of TorchTurboDataLoader with
+   ``gpu_decode=True`` (the workers send the JPEG bytes; nvJPEG decodes, one batched
+   grid_sample warps, the pixel operations follow on the GPU) against the CPU workers
+   with ``gpu_augmentation=True``, at equal work (the same dataset, worker, preset, batch
+   and seed), for 1, 2 and 4 workers; and the device memory the decoder holds: what the
+   first batched nvJPEG decode of a batch takes from the device (``cudaMemGetInfo``
+   before and after, which sees nvJPEG's own buffers) and from torch's allocator. Where
+   torchvision cannot be imported, the rows say so (benchmarks/README.md: how to carry its
+   wheel). With ``--device cpu`` the same code runs with the CPU stand-in decoder.
+6. trainer: ms per training step of crumpets.train.Trainer against the plain loop of
    benchmarks/trainer_overhead.py (forward, cross-entropy, backward, SGD step, accuracy
    read with ``.item()`` every step), the same DigitNet on the GPU and the same loader,
    epochs alternating after one warm-up epoch each. Data: scikit-learn's digits
@@ -79,6 +89,7 @@ from crumpets.augment.presets import AUGMENTATION_TRAIN, INPUT_PARAMS_TRAIN
 from crumpets.core import BufferWorker, Reader, pack
 from crumpets.torch import TorchTurboDataLoader
 from crumpets.torch.augmentation_cuda import add_blur, add_gamma, add_noise_rgb
+from crumpets.torch.decode import NvjpegDecoder
 from crumpets.torch.randomizer import randomize
 from crumpets.train.demo import pack_digits
 
@@ -389,6 +400,111 @@ def bench_transfer(device: torch.device, sizes: Sizes, workers: int) -> list[Row
     return rows
 
 
+# -- 5. gpu decode --------------------------------------------------------------------------
+def decode_rate(
+    path: str, device: torch.device, sizes: Sizes, workers: int, gpu_decode: bool
+) -> tuple[float, float]:
+    """(images/s, main-process CPU %) of the loader with or without gpu_decode."""
+    worker = ClassificationWorker(
+        ((3, sizes.side, sizes.side), np.uint8),
+        ((1,), np.int64),
+        image_params=INPUT_PARAMS_TRAIN,
+        image_rng=AUGMENTATION_TRAIN,
+    )
+    warmup = sizes.e2e_warmup or max(5, 2 * workers)
+    timed = sizes.e2e_batches or max(60, 10 * workers)
+    with Reader(path) as reader:
+        loader = TorchTurboDataLoader(
+            reader,
+            sizes.batch,
+            worker,
+            workers,
+            device=device,
+            gpu_augmentation=True,
+            gpu_decode=gpu_decode,
+            shuffle=True,
+            seed=0,
+            drop_last=True,
+        )
+        cpu = []
+
+        def images(mini_batch: dict) -> int:
+            if not cpu:  # the first timed batch: the clocks start after the warm-up
+                cpu.append((time.process_time(), time.perf_counter()))
+            return len(mini_batch["image"])
+
+        rate = loader_rate(loader, device, warmup, timed, images)
+        cpu_time, wall = time.process_time() - cpu[0][0], time.perf_counter() - cpu[0][1]
+    return rate, 100 * cpu_time / wall
+
+
+def decoder_memory(path: str, device: torch.device, batch: int) -> str:
+    """Device memory the first nvJPEG decode of ``batch`` files takes."""
+    with Reader(path) as reader:
+        files = [reader.get(i)["image"] for i in range(batch)]
+    decoder = NvjpegDecoder()
+    decoder.load()
+    torch.cuda.synchronize(device)
+    free_before, _ = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    images = decoder.decode(files, device, True)
+    torch.cuda.synchronize(device)
+    free_after, _ = torch.cuda.mem_get_info(device)
+    held = (free_before - free_after) / MB
+    outputs = sum(t.numel() for t in images if isinstance(t, torch.Tensor)) / MB
+    torch_held = (torch.cuda.memory_allocated(device) - allocated) / MB
+    del images
+    return (
+        f"{held:,.0f} MB from the device ({torch_held:,.0f} MB torch's allocator, of which "
+        f"{outputs:,.0f} MB the decoded images)"
+    )
+
+
+def bench_gpu_decode(args: argparse.Namespace, device: torch.device, sizes: Sizes) -> list[Row]:
+    section = "gpu decode"
+    with tempfile.TemporaryDirectory(prefix="crumpets-gpu-") as tmp:
+        path, data = dataset(args, tmp)
+        if path is None:
+            return [(section, "TorchTurboDataLoader(gpu_decode=True)", data)]
+        if device.type == "cuda":
+            try:
+                NvjpegDecoder().load()
+            except ImportError as exc:
+                return [(section, "TorchTurboDataLoader(gpu_decode=True)", f"skipped: {exc}")]
+        what = (
+            f"TorchTurboDataLoader(device='{device}') + ClassificationWorker + "
+            f"AUGMENTATION_TRAIN, 3x{sizes.side}x{sizes.side}, batch {sizes.batch}, {data}"
+        )
+        rows = []
+        for workers in (1, 2, 4):
+            rates = {}
+            for gpu_decode in (False, True):
+                print(
+                    f"gpu decode: {workers} workers, gpu_decode={gpu_decode} ...", file=sys.stderr
+                )
+                rates[gpu_decode] = decode_rate(path, device, sizes, workers, gpu_decode)
+            (cpu_rate, cpu_pct), (gpu_rate, gpu_pct) = rates[False], rates[True]
+            rows.append(
+                (
+                    section,
+                    f"{what}, {workers} workers: CPU workers (gpu_augmentation) / gpu_decode",
+                    f"{cpu_rate:,.0f} / {gpu_rate:,.0f} img/s ({gpu_rate / cpu_rate:.2f}x); "
+                    f"main process CPU {cpu_pct:.0f}% / {gpu_pct:.0f}%",
+                )
+            )
+        if device.type == "cuda":
+            rows.append(
+                (
+                    section,
+                    f"decoder memory, nvJPEG, batch {sizes.batch}",
+                    decoder_memory(path, device, sizes.batch),
+                )
+            )
+        else:
+            rows.append((section, "decoder memory", "skipped: nvJPEG needs CUDA"))
+    return rows
+
+
 # -- 4. end to end -------------------------------------------------------------------------
 def dataset(args: argparse.Namespace, tmp: str) -> tuple[str | None, str]:
     """(dataset file or None, what it is or why there is none)."""
@@ -611,8 +727,9 @@ def main() -> int:
         parser.error(f"--device must be cuda[:N] or cpu, got {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         print(
-            f"no CUDA: torch {torch.__version__} sees no GPU here, nothing measured "
-            "(--device cpu --quick runs the measurements on CPU tensors)"
+            f"no CUDA: torch {torch.__version__} sees no GPU here, nothing measured: the GPU "
+            "rows (gpu_decode's too) did not run (--device cpu --quick runs the "
+            "measurements on CPU tensors)"
         )
         return 0
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -639,6 +756,7 @@ def main() -> int:
         ("pixel ops", lambda: bench_pixel_ops(device, sizes)),
         ("transfer", lambda: bench_transfer(device, sizes, workers)),
         ("end-to-end", lambda: bench_end_to_end(args, device, sizes, workers)),
+        ("gpu decode", lambda: bench_gpu_decode(args, device, sizes)),
         ("trainer", lambda: bench_trainer(device, sizes, workers)),
     ]
     for name, run in sections:

@@ -100,6 +100,32 @@ class Worker(ABC):
             self.gpu_ops = ops
         self.gpu_augmentation = bool(val)
 
+    def set_gpu_decode(self, val: bool, max_bytes: int = 1 << 20) -> dict[str, Any]:
+        """True: the worker writes its images' encoded bytes, not their pixels, for a loader
+        that decodes and warps them itself (crumpets-torch's ``gpu_decode``).
+
+        A worker that can (crumpets-augment's image workers) replaces each such image
+        buffer ``NAME`` in :attr:`buffer_specs` by ``NAME_bytes`` (``max_bytes`` uint8 per
+        sample) and ``NAME_info`` (int64 per sample: the byte count, the sample index and
+        the epoch), and still reports each sample's parameters and matrix.
+
+        Args:
+            val: whether to write the encoded bytes.
+            max_bytes: the most bytes one encoded image may have.
+
+        Returns:
+            The image buffers the loader must make, name -> their ``(shape, dtype, fill)``
+            spec as the worker declared it; empty when ``val`` is False.
+
+        Raises:
+            TypeError: this worker cannot (the base class cannot).
+        """
+        if val:
+            raise TypeError(
+                f"{type(self).__name__} cannot leave decoding to the loader (gpu_decode)"
+            )
+        return {}
+
     @abstractmethod
     def process(self, request: Request) -> Any:
         """Process one request and return its result (msgpack-able, usually a dict).

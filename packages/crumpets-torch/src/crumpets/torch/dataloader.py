@@ -10,6 +10,7 @@ import torch
 from crumpets.core.broker import workers_are_forked
 from crumpets.core.dataloader import TurboDataLoader
 
+from .decode import CPUDecoder, Decoder, NvjpegDecoder, decode_sample
 from .randomizer import GPU_OPS, randomize_sample
 from .shm import DummyTensorManager, SharedTensorManager
 
@@ -64,6 +65,21 @@ class TorchTurboDataLoader(TurboDataLoader):
             applies them on ``device`` (see ``Randomizer``) to every image the workers
             augment (``image``, and an FCN worker's ``target_image``) before handing out
             the batch.
+        gpu_decode: the workers hand over their images' encoded bytes and each sample's
+            parameters and matrix, and the loader decodes the images on ``device`` (nvJPEG
+            on CUDA, through torchvision: ``pip install 'crumpets-torch[gpu-decode]'``;
+            OpenCV on the CPU), warps each with its matrix in one batched sampling
+            (:func:`crumpets.torch.warp.warp_images`) and applies every pixel operation
+            there (it implies ``gpu_augmentation``). What nvJPEG refuses (PNG, CMYK,
+            12-bit, corrupt files) is decoded on the CPU, per sample; a file no decoder
+            takes is an error naming its sample. ``batch['augmentation']`` is what the CPU
+            workers report. A :class:`crumpets.torch.decode.Decoder` instead of True
+            decodes with it. Needs a worker that supports it (crumpets-augment's
+            ImageWorker, ClassificationWorker, FCNWorker, SegmentationWorker) and encoded
+            images.
+        gpu_decode_bytes: under ``gpu_decode``, the most encoded bytes one image may have
+            (default 1 MiB): each buffer set holds ``batch_size`` times this per image; a
+            larger file is an error naming its sample and this option.
         others: see :class:`crumpets.core.TurboDataLoader` (including the keyword-only
             seed, shuffle, drop_last, rank, world_size, stall_timeout).
     """
@@ -80,6 +96,8 @@ class TorchTurboDataLoader(TurboDataLoader):
         device: Any = "cuda:0",
         gpu_augmentation: bool = False,
         shared_memory: bool | int = True,
+        gpu_decode: bool | Decoder = False,
+        gpu_decode_bytes: int = 1 << 20,
         **kwargs: Any,
     ):
         self.devices = parse_devices(device)
@@ -90,10 +108,37 @@ class TorchTurboDataLoader(TurboDataLoader):
                 f"num_mini_batches={num_mini_batches} must be a multiple of the "
                 f"{len(self.devices)} devices"
             )
-        self.gpu_augmentation = bool(gpu_augmentation)
+        if not isinstance(gpu_decode, (bool, Decoder)):
+            raise TypeError(
+                "gpu_decode must be a bool or a crumpets.torch.decode.Decoder, "
+                f"got {type(gpu_decode).__name__}"
+            )
+        self.gpu_decode = gpu_decode is not False
+        # gpu_decode leaves every pixel operation to the device too
+        self.gpu_augmentation = bool(gpu_augmentation) or self.gpu_decode
+        self._decoded_specs: dict[str, Any] = {}
         if self.gpu_augmentation:
             worker_template = copy.copy(worker_template)
             worker_template.set_gpu_augmentation(True, GPU_OPS)
+        self._decoder: Decoder | None = None
+        self._fallback: Decoder | None = None
+        if self.gpu_decode:
+            set_gpu_decode = getattr(worker_template, "set_gpu_decode", None)
+            if set_gpu_decode is None:
+                raise TypeError(
+                    f"{type(worker_template).__name__} cannot leave decoding to the loader "
+                    "(gpu_decode)"
+                )
+            self._decoded_specs = set_gpu_decode(True, gpu_decode_bytes)
+            self._fallback = CPUDecoder()
+            if isinstance(gpu_decode, Decoder):
+                self._decoder = gpu_decode
+            elif self.devices[0].type == "cuda":
+                nvjpeg = NvjpegDecoder()
+                nvjpeg.load()  # a missing torchvision fails here, not at the first batch
+                self._decoder = nvjpeg
+            else:
+                self._decoder = self._fallback
         super().__init__(
             iterable,
             batch_size,
@@ -150,12 +195,27 @@ class TorchTurboDataLoader(TurboDataLoader):
         out = []
         for i, mini in enumerate(mini_batches):
             device = self.devices[i % len(self.devices)]
+            if self._decoder is not None:
+                mini = self._decode(mini, device)
             if device.type == "cuda":
                 mini = self._to_device(mini, device)
             if self.gpu_augmentation:
                 mini = randomize_sample(mini)  # every image the workers augment
             out.append(mini)
         return out
+
+    def _decode(self, mini: dict, device: torch.device) -> dict:
+        """Decode and warp the mini-batch's images on ``device`` (gpu_decode)."""
+        assert self._decoder is not None
+        # the CPU decoder is its own fallback: what it refused, it would refuse again
+        fallback = None if self._decoder is self._fallback else self._fallback
+        decoded = decode_sample(mini, self._decoded_specs, device, self._decoder, fallback=fallback)
+        if device.type == "cuda":
+            # the decoder reads the bytes from the host slot: it stays held until then
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            self._transfers.append((event, mini))
+        return decoded
 
     def release_transfers(self) -> bool:
         if not self._transfers:

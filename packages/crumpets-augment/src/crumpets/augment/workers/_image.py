@@ -18,13 +18,14 @@ import cv2
 import numpy as np
 
 from crumpets.core.broker import Batch, BufferWorker
-from crumpets.core.params import OUTPUT_KEYS, PARAMS, check_params, enabled_ops
+from crumpets.core.params import OUTPUT_KEYS, PARAMS, PIXEL_OPS, check_params, enabled_ops
 
 from .._decoding import MAX_PIXELS, check_max_pixels, read_source
 from .._geometry import OUTSIDE, map_boxes, map_keypoints
 from .._pixel_plan import plan_pixels
 from .._warp import fill_values
 from ..rng import RNG, NoRNG
+from ._encoded import check_encoded, swap_buffers, write_encoded
 
 __all__ = [
     "COLORSPACES",
@@ -47,6 +48,7 @@ COLORSPACES = {
 # background, and what workers report (OUTPUT_KEYS), which is ignored.
 _IMAGE_ARGS = frozenset(PARAMS) | OUTPUT_KEYS
 _NO_SKIP: frozenset[str] = frozenset()
+_ALL_OPS: frozenset[str] = frozenset(PIXEL_OPS)
 _PLAIN_TYPES = frozenset({float, int, bool, str, type(None)})
 
 
@@ -181,6 +183,8 @@ class ImageWorker(BufferWorker):
 
     defer_pixels: bool | None = None
     prepare_reads_pixels = False  # ImageWorker.prepare reads back no pixel (defer_pixels)
+    # The image buffers whose encoded bytes the worker hands over under gpu_decode.
+    gpu_decode_keys: tuple[str, ...] = ("image",)
 
     def __init__(
         self,
@@ -209,6 +213,8 @@ class ImageWorker(BufferWorker):
         self.outside = outside
         # Per image buffer, what prepare_image works out once (see _target).
         self._targets: dict[str, _Target] = {}
+        # Under gpu_decode: the image buffers the loader makes, name -> pixel spec.
+        self._gpu_decoded: dict[str, Any] = {}
 
     def _check_image_buffer(self, key: str) -> None:
         shape = self.buffer_specs[key][0]
@@ -267,9 +273,51 @@ class ImageWorker(BufferWorker):
         """
         return self._augment(im, buffers, params, key, None)
 
+    def set_gpu_decode(self, val: bool, max_bytes: int = 1 << 20) -> dict[str, Any]:
+        """True: write the encoded bytes of the images in :attr:`gpu_decode_keys` (and
+        report their parameters and matrix as always), for a loader that decodes and warps
+        them and applies every pixel operation (crumpets-torch's ``gpu_decode``). See
+        :meth:`crumpets.core.broker.Worker.set_gpu_decode`.
+
+        Raises:
+            TypeError: for a worker whose ``prepare`` is not ImageWorker's,
+                ClassificationWorker's or FCNWorker's (it may read the pixels).
+            ValueError: ``max_bytes`` is not a positive integer.
+        """
+        own = (ImageWorker.prepare, ClassificationWorker.prepare, FCNWorker.prepare)
+        if val and type(self).prepare not in own:
+            raise TypeError(
+                f"{type(self).__name__} has a prepare of its own, which may read the pixels: "
+                "it cannot leave decoding to the loader (gpu_decode)"
+            )
+        self._targets = {}
+        limit = max_bytes if val else None
+        self._gpu_decoded = swap_buffers(self, self.gpu_decode_keys, limit, self._gpu_decoded)
+        return dict(self._gpu_decoded)
+
+    def _encoded(self, im: Any, buffers: dict, params: dict, key: str) -> dict:
+        """Under gpu_decode: the parameters and matrix of ``im`` as :meth:`_augment`
+        reports them; its bytes into the byte buffers (:func:`write_encoded`)."""
+        shape = self._gpu_decoded[key][0]
+        color = shape[0] == 3
+        check_encoded(im, key, params.get("colorspace", "rgb" if color else "gray"), shape)
+        if not params.keys() <= _IMAGE_ARGS:
+            raise TypeError(f"unexpected image parameters {sorted(params.keys() - _IMAGE_ARGS)}")
+        src, source_size = read_source(im, color, self.max_pixels)
+        # every pixel operation is the loader's: the plan is wanted for its matrix only
+        border = _border(params.get("background", 0), shape[0])
+        plan = plan_pixels(params, src, source_size, shape, border=border, skip=_ALL_OPS)
+        used = {k: v if type(v) in _PLAIN_TYPES else _plain(v) for k, v in params.items()}
+        used["transform"] = plan.matrix
+        used["gpu_ops"] = list(enabled_ops(params, color))
+        write_encoded(im, buffers, key, self.sample_index, self.epoch)
+        return used
+
     def _augment(self, im: Any, buffers: dict, params: dict, key: str, batch: Batch | None) -> dict:
         """:meth:`prepare_image`; with a ``batch``, the pixels of an image that needs no
         scratch array are deferred to its second phase."""
+        if key in self._gpu_decoded:
+            return self._encoded(im, buffers, params, key)
         out = buffers[key]
         target = self._target(key, out.shape)
         channels = target.channels
@@ -321,7 +369,7 @@ class ImageWorker(BufferWorker):
         :func:`map_boxes`)."""
         if "keypoints" not in sample and "bboxes" not in sample:
             return
-        _, height, width = self.buffer_specs[key][0]
+        _, height, width = (self._gpu_decoded.get(key) or self.buffer_specs[key])[0]
         size, matrix = (height, width), augmentation["transform"]
         if "keypoints" in sample:
             points, index = map_keypoints(sample["keypoints"], matrix, size, self.outside)
@@ -403,6 +451,7 @@ class FCNWorker(ImageWorker):
     """
 
     prepare_reads_pixels = False  # its prepare reads back neither image's pixels
+    gpu_decode_keys = ("image", "target_image")
 
     def __init__(
         self,
