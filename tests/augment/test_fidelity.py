@@ -62,7 +62,7 @@ def test_non_integer_downscales_reach_pillows_level(form, side, floor):
 @pytest.mark.parametrize("side", [255, 240, 200, 170, 150, 120, 100, 80, 60, 50, 24])
 def test_downscales_by_2x_or_more_are_at_least_as_good_as_pillow(form, side):
     # from 2x down the source is shrunk before the warp, which then takes 2x2 samples per
-    # pixel; between 1x and 2x it takes one, as OpenCV's warpAffine does (see README)
+    # pixel; between 1x and 2x it takes one, as OpenCV's warpAffine does (docs/performance.md)
     data, full = source(form)
     reference = area_average(full, side)
     out, _ = transform_image(data, (side, side))

@@ -12,7 +12,7 @@ test:
   generator below changed nothing else.
 - ``GOLDEN``, parameters from the code that made each sample's generator
   ``crumpets.core.plan.sample_rng`` (PCG64DXSM jumped streams, the one deliberate change of
-  the random streams; README says so), computed when that change was made.
+  the random streams; docs/workers.md says so), computed when that change was made.
 
 The parameters (and the 2x3 matrices) depend only on numpy's generators and Python's
 arithmetic, so their digest is checked everywhere. The pixels also depend on the JPEG/PNG
