@@ -261,6 +261,10 @@ def test_gpu_augmentation_leaves_the_pixel_ops_to_the_gpu():
     assert not np.array_equal(partial[0]["image"], plain[0]["image"])
     with pytest.raises(ValueError, match=r"ops must name pixel operations.*\['contrast'\]"):
         gamma_only.set_gpu_augmentation(True, ["gamma", "contrast"])
+    with pytest.raises(TypeError, match="collection of operation names, got 'gamma'"):
+        gamma_only.set_gpu_augmentation(True, "gamma")
+    gamma_only.set_gpu_augmentation(True)  # no ops: all of them again
+    assert run(gamma_only, data, 1)[0]["augmentation"][0]["gpu_ops"] == ["gamma", "noise"]
 
 
 def test_gpu_augmentation_lists_what_each_image_leaves_and_converts_on_the_cpu():

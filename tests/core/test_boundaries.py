@@ -65,22 +65,6 @@ def test_modules_hold_one_job_of_at_most_500_lines():
     assert not too_long, too_long
 
 
-def crumpets_imports(path: Path, tree: ast.Module) -> Iterator[tuple[int, str, str]]:
-    """(line, module, name) for each name a source imports from a crumpets module."""
-    package = ".".join(path.relative_to(SOURCES).parts[2:-1])  # e.g. crumpets.augment.workers
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.ImportFrom):
-            continue
-        if node.level:
-            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-            module = f"{base}.{node.module}" if node.module else base
-        else:
-            module = node.module or ""
-        if module.startswith("crumpets."):
-            for alias in node.names:
-                yield node.lineno, module, alias.name
-
-
 def is_module(package: str, name: str) -> bool:
     try:
         return importlib.util.find_spec(f"{package}.{name}") is not None
@@ -88,16 +72,61 @@ def is_module(package: str, name: str) -> bool:
         return False
 
 
+def private_names_used(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, module.name) for each ``_name`` a source takes from another crumpets module:
+    imported from it (``from ._x import _y``), or read off it (``from . import _x`` then
+    ``_x._y``; ``import crumpets.a._x as x`` then ``x._y``)."""
+    package = ".".join(path.relative_to(SOURCES).parts[2:-1])  # e.g. crumpets.augment.workers
+    tree = ast.parse(path.read_text())
+    modules: dict[str, str] = {}  # local name -> the crumpets module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("crumpets."):
+                    local = alias.asname or alias.name.split(".")[0]
+                    modules[local] = alias.name if alias.asname else local
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            if not module.startswith("crumpets."):
+                continue
+            for alias in node.names:
+                if is_module(module, alias.name):
+                    modules[alias.asname or alias.name] = f"{module}.{alias.name}"
+                elif alias.name.startswith("_") and not alias.name.startswith("__"):
+                    yield node.lineno, f"{module}.{alias.name}"
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        chain = [node.attr]
+        base = node.value
+        while isinstance(base, ast.Attribute):
+            chain.append(base.attr)
+            base = base.value
+        if not isinstance(base, ast.Name) or base.id not in modules:
+            continue
+        module = modules[base.id]
+        for attr in reversed(chain):  # walk down the submodules to the first other name
+            if not is_module(module, attr):
+                if attr.startswith("_") and not attr.startswith("__"):
+                    yield node.lineno, f"{module}.{attr}"
+                break
+            module = f"{module}.{attr}"
+
+
 def test_an_underscore_name_is_used_only_in_its_module():
     # "_name" says "only this module uses it"; what a package's modules share has a plain
     # name (in a private module when it is not public API). Importing a private module
     # itself (from . import _platform) is how a package uses its private modules.
-    found = []
-    for path in python_sources():
-        for line, module, name in crumpets_imports(path, ast.parse(path.read_text())):
-            if name.startswith("_") and not name.startswith("__") and not is_module(module, name):
-                found.append(f"{path.relative_to(SOURCES)}:{line}: {module}.{name}")
-    assert not found, "\n".join(found)
+    found = {
+        f"{path.relative_to(SOURCES)}:{line}: {name}"
+        for path in python_sources()
+        for line, name in private_names_used(path)
+    }
+    assert not found, "\n".join(sorted(found))
 
 
 def test_private_functions_take_at_most_8_positional_parameters():

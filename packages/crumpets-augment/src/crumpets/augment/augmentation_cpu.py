@@ -126,6 +126,8 @@ def _per_plane(
     """Run ``apply`` on a C-contiguous (C, H, W) copy of ``im``, as the workers' buffers
     are laid out; return the result in the layout of ``im`` (written into ``out`` when
     given)."""
+    if im.size == 0:  # no pixels to change
+        return _unchanged(im, out)
     if im.ndim == 3 and im.shape[2] == 3:
         planes = np.empty((3, *im.shape[:2]), np.uint8)
         cv2.split(im, list(planes))  # into the planes: faster than numpy's transposed copy

@@ -88,16 +88,18 @@ class Worker(ABC):
                 ``TorchTurboDataLoader`` passes its Randomizer's operations).
 
         Raises:
+            TypeError: ``ops`` is a string, not a collection of names.
             ValueError: ``ops`` names something that is not a pixel operation.
         """
-        if ops is not None:
-            ops = frozenset(ops)
-            if not ops <= PIXEL_OPS.keys():
-                raise ValueError(
-                    f"ops must name pixel operations {list(PIXEL_OPS)}, "
-                    f"got {sorted(ops - PIXEL_OPS.keys())}"
-                )
-            self.gpu_ops = ops
+        if isinstance(ops, str):
+            raise TypeError(f"ops must be a collection of operation names, got {ops!r}")
+        names = frozenset(PIXEL_OPS if ops is None else ops)
+        if not names <= PIXEL_OPS.keys():
+            raise ValueError(
+                f"ops must name pixel operations {list(PIXEL_OPS)}, "
+                f"got {sorted(names - PIXEL_OPS.keys())}"
+            )
+        self.gpu_ops = names
         self.gpu_augmentation = bool(val)
 
     def set_gpu_decode(self, val: bool, max_bytes: int = 1 << 20) -> dict[str, Any]:
