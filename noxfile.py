@@ -192,7 +192,7 @@ def docs(session: nox.Session) -> None:
     """The documentation site in docs/_build/html, built afresh with warnings as errors.
 
     The Augmentation Guide's pictures are drawn during the build by crumpets' preview code;
-    the pages' snippets run as doctests; then tests/integration/test_docs.py checks that the
+    the pages' snippets run as doctests; then tests/docs/test_docs.py checks that the
     API reference covers every public name of the four packages and opens the built site in
     headless Chromium.
     """
@@ -202,4 +202,4 @@ def docs(session: nox.Session) -> None:
     session.run(*build, "docs/_build/html", "-b", "html", "-d", "docs/_build/doctrees")
     session.run(*build, "docs/_build/doctest", "-b", "doctest", "-d", "docs/_build/doctrees")
     env = {"CRUMPETS_DOCS_BUILT": "docs/_build/html"}
-    session.run("pytest", "tests/integration/test_docs.py", *session.posargs, env=env)
+    session.run("pytest", "tests/docs", *session.posargs, env=env)

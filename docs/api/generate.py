@@ -1,7 +1,7 @@
 """Write the API reference pages docs/api/{core,augment,torch,train}.rst.
 
 Run ``python docs/api/generate.py`` from the repository root after adding a public module
-or a name to an ``__all__``; tests/integration/test_docs.py (in ``nox -s docs``) fails until
+or a name to an ``__all__``; tests/docs/test_docs.py (in ``nox -s docs``) fails until
 the reference covers every public name. It reads the sources (no imports):
 
 - each subpackage's ``__init__``: its module docstring, its own functions, and links to the

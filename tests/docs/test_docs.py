@@ -7,8 +7,8 @@
 - Headless Chromium opens the front page and the guide: no console errors, and the
   screenshots show the pictures.
 
-`nox -s docs` runs this file after the build (it sets CRUMPETS_DOCS_BUILT). Elsewhere,
-e.g. in `nox -s tests-integration`, it skips: the site is not built there.
+`nox -s docs` runs this file after the build (it sets CRUMPETS_DOCS_BUILT); no other
+session collects tests/docs. Run by hand before a build, it skips: there is no site yet.
 """
 
 from __future__ import annotations
