@@ -186,6 +186,8 @@ def test_segmentation_label_maps_are_warped_nearest_exactly():
         for (_, (a,)), (_, (b,)) in zip(on_cpu, decoded):
             assert torch.equal(a["target_image"], b["target_image"])
             assert 255 in b["target_image"]  # the fill where the image does not reach
+    # the label map (a PNG, which nvJPEG does not take) stays with the workers
+    assert set(worker.set_gpu_decode(True)) == {"image"}
 
 
 def cmyk_jpeg(im):

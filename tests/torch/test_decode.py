@@ -5,6 +5,7 @@ refusals read from headers, and decode_sample, with a stand-in decoder of a raw 
 from __future__ import annotations
 
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -87,9 +88,12 @@ def test_a_file_no_decoder_takes_names_its_sample():
     assert e.value.sample_index == 11
 
 
-def jpeg_header(marker=0xC0, precision=8, components=3, end=True):
-    """The segments of a JPEG up to its frame header (no image data)."""
+def jpeg_header(marker=0xC0, precision=8, components=3, end=True, adobe=None):
+    """The segments of a JPEG up to its frame header (no image data); ``adobe``: an APP14
+    marker with that colour transform."""
     app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + bytes(9)
+    if adobe is not None:
+        app0 += b"\xff\xee" + struct.pack(">H", 14) + b"Adobe" + bytes(6) + bytes([adobe])
     sof = (
         bytes([0xFF, marker])
         + struct.pack(">HBHHB", 8 + 3 * components, precision, 16, 16, components)
@@ -107,6 +111,8 @@ def jpeg_header(marker=0xC0, precision=8, components=3, end=True):
         (jpeg_header(precision=12), "12-bit"),
         (jpeg_header(marker=0xC9), "arithmetic"),
         (jpeg_header(end=False), "end-of-image"),
+        (jpeg_header(adobe=0), "stored as RGB"),
+        (jpeg_header(adobe=1), None),  # YCbCr, as nvJPEG assumes
         (b"\x89PNG\r\n\x1a\n" + bytes(30), "not a JPEG"),
     ],
 )
@@ -211,3 +217,58 @@ def test_nvjpeg_decodes_and_refuses_per_sample():
     assert out[0].device.type == "cuda" and out[0].shape == (3, 32, 48)
     assert out[2].shape == (3, 32, 48)  # gray as RGB
     assert (out[0].cpu().int() - im.int()).abs().float().mean().item() < 3
+
+
+class FakeIO:
+    """torchvision.io's decode_jpeg and encode_jpeg as far as NvjpegDecoder uses them, on
+    the CPU: decodes nothing (``fail``) or every JPEG to a grey image."""
+
+    class ImageReadMode:
+        RGB, GRAY = "rgb", "gray"
+
+    def __init__(self, fail: bool):
+        self.fail = fail
+        self.calls = 0
+
+    def encode_jpeg(self, image):
+        return torch.frombuffer(
+            bytearray(b"\xff\xd8\xff\xc0" + bytes(12) + b"\xff\xd9"), dtype=torch.uint8
+        )
+
+    def decode_jpeg(self, data, mode=None, device=None):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("nvjpegCreate failed: no device")
+        many = isinstance(data, list)
+        images = [torch.full((3, 2, 2), 128, dtype=torch.uint8) for _ in (data if many else [0])]
+        return images if many else images[0]
+
+
+def jpeg_like() -> bytes:
+    # what nvjpeg_refusal lets through: SOI, a baseline frame header (8-bit, 3 components), EOI
+    frame = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, 2, 2, 3) + bytes(9)
+    return b"\xff\xd8" + frame + b"\xff\xd9"
+
+
+def test_nvjpeg_load_tries_a_decode_on_the_device():
+    decoder = NvjpegDecoder()
+    decoder._io = FakeIO(fail=True)
+    with pytest.raises(RuntimeError, match="cannot decode JPEGs on cpu .*nvjpegCreate failed"):
+        decoder.load(torch.device("cpu"))
+    decoder._io = FakeIO(fail=False)
+    decoder.load(torch.device("cpu"))  # a decoder that works: no error
+
+
+def test_nvjpeg_failing_on_every_file_says_so_once():
+    decoder = NvjpegDecoder()
+    decoder._io = FakeIO(fail=True)
+    assert nvjpeg_refusal(jpeg_like()) is None
+    with pytest.warns(RuntimeWarning, match="nvJPEG decoded none of a batch's 3 JPEGs"):
+        out = decoder.decode([jpeg_like()] * 3, torch.device("cpu"), True)
+    assert all(isinstance(o, DecodeRefused) for o in out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second batch: no second warning
+        decoder.decode([jpeg_like()] * 3, torch.device("cpu"), True)
+    decoder._io = FakeIO(fail=False)
+    out = decoder.decode([jpeg_like(), b"PNG"], torch.device("cpu"), True)
+    assert out[0].shape == (3, 2, 2) and isinstance(out[1], DecodeRefused)

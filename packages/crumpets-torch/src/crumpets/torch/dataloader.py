@@ -75,8 +75,9 @@ class TorchTurboDataLoader(TurboDataLoader):
             takes is an error naming its sample. ``batch['augmentation']`` is what the CPU
             workers report. A :class:`crumpets.torch.decode.Decoder` instead of True
             decodes with it. Needs a worker that supports it (crumpets-augment's
-            ImageWorker, ClassificationWorker, FCNWorker, SegmentationWorker) and encoded
-            images.
+            ImageWorker, ClassificationWorker, FCNWorker, SegmentationWorker, whose label
+            maps stay with the workers) and encoded images. nvJPEG decodes on one CUDA
+            device: with a list of CUDA devices, pass a Decoder that serves them.
         gpu_decode_bytes: under ``gpu_decode``, the most encoded bytes one image may have
             (default 1 MiB): each buffer set holds ``batch_size`` times this per image; a
             larger file is an error naming its sample and this option.
@@ -134,8 +135,17 @@ class TorchTurboDataLoader(TurboDataLoader):
             if isinstance(gpu_decode, Decoder):
                 self._decoder = gpu_decode
             elif self.devices[0].type == "cuda":
+                if len(self.devices) > 1:
+                    # torchvision keeps one nvJPEG decoder per process and makes a new one
+                    # (leaking the old) whenever the device changes: every mini-batch
+                    raise ValueError(
+                        "gpu_decode=True decodes with nvJPEG on one CUDA device, got "
+                        f"{[str(d) for d in self.devices]}: pass one device, or a "
+                        "crumpets.torch.decode.Decoder that serves several"
+                    )
                 nvjpeg = NvjpegDecoder()
-                nvjpeg.load()  # a missing torchvision fails here, not at the first batch
+                # a missing torchvision, or one without nvJPEG, fails here, not later
+                nvjpeg.load(self.devices[0])
                 self._decoder = nvjpeg
             else:
                 self._decoder = self._fallback

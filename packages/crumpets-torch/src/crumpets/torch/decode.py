@@ -23,6 +23,7 @@ nvImageCodec or torchcodec can stand in: subclass :class:`Decoder`.
 from __future__ import annotations
 
 import importlib
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, cast
@@ -75,11 +76,13 @@ class Decoder(ABC):
         """
 
 
-def _jpeg_frame(data: bytes | memoryview) -> tuple[int, int, int] | None:
-    """(SOF marker, sample precision, components) from a JPEG's frame header, else None."""
+def _jpeg_frame(data: bytes | memoryview) -> tuple[int, int, int, int | None] | None:
+    """(SOF marker, sample precision, components, Adobe colour transform or None) from a
+    JPEG's headers, else None."""
     if bytes(data[:2]) != _JPEG:
         return None
     i, n = 2, len(data)
+    adobe = None
     while i + 9 < n:
         if data[i] != 0xFF:
             return None
@@ -90,8 +93,10 @@ def _jpeg_frame(data: bytes | memoryview) -> tuple[int, int, int] | None:
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             i += 2
             continue
+        if marker == 0xEE and bytes(data[i + 4 : i + 9]) == b"Adobe" and i + 15 < n:
+            adobe = data[i + 15]  # APP14: 0 means the components are stored as RGB
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return marker, data[i + 4], data[i + 9]
+            return marker, data[i + 4], data[i + 9], adobe
         i += 2 + (data[i + 2] << 8 | data[i + 3])
     return None
 
@@ -100,21 +105,25 @@ def nvjpeg_refusal(data: bytes | memoryview | np.ndarray) -> str | None:
     """Why nvJPEG would not decode ``data`` correctly, or None where it can.
 
     Refused: anything but a JPEG; CMYK or YCCK (4 components), 12-bit, arithmetic-coded
-    and lossless JPEGs; and a JPEG that does not end with its end-of-image marker (a
-    truncated file: libjpeg and nvJPEG decode it into partly grey pixels without an
-    error, so it goes to the CPU decoder, which names it, as the CPU workers do).
+    and lossless JPEGs, JPEGs stored as RGB (Adobe's marker, transform 0); and a JPEG
+    that does not end with its end-of-image marker (a truncated file: libjpeg and nvJPEG
+    decode it into partly grey pixels without an error, so it goes to the CPU decoder,
+    which names it, as the CPU workers do).
     """
     view = memoryview(cast(Any, data)).cast("B")
     frame = _jpeg_frame(view)
     if frame is None:
         return "not a JPEG" if bytes(view[:2]) != _JPEG else "no JPEG frame header"
-    marker, precision, components = frame
+    marker, precision, components, adobe = frame
     if marker not in _NVJPEG_FRAMES:
         return f"JPEG coding SOF{marker - 0xC0} (arithmetic or lossless)"
     if precision != 8:
         return f"{precision}-bit JPEG"
     if components not in (1, 3):
         return f"JPEG with {components} components (CMYK or YCCK)"
+    if components == 3 and adobe == 0:
+        # libjpeg honours Adobe's marker; nvJPEG would convert the RGB as if YCbCr
+        return "JPEG stored as RGB (Adobe transform 0)"
     if bytes(view[-2:]) != b"\xff\xd9":
         return "JPEG without an end-of-image marker at its end"
     return None
@@ -137,14 +146,30 @@ class NvjpegDecoder(Decoder):
 
     def __init__(self) -> None:
         self._io: Any = None
+        # one stream per device that only nvJPEG's outputs are allocated on (see decode)
+        self._streams: dict[torch.device, Any] = {}
+        self._warned = False
 
-    def load(self) -> None:
-        """Import torchvision now, so that a missing one is an error before the first batch.
+    def load(self, device: torch.device | None = None) -> None:
+        """Import torchvision now, and decode a small JPEG on ``device`` if given, so that
+        a missing torchvision, or one built without nvJPEG, is an error before the first
+        batch rather than every image decoded on the CPU.
 
         Raises:
             ImportError: naming the extra to install.
+            RuntimeError: torchvision cannot decode on ``device``.
         """
-        self._torchvision_io()
+        io = self._torchvision_io()
+        if device is None:
+            return
+        probe = io.encode_jpeg(torch.full((3, 8, 8), 128, dtype=torch.uint8))
+        try:
+            io.decode_jpeg([probe], device=device)
+        except Exception as exc:
+            raise RuntimeError(
+                f"torchvision cannot decode JPEGs on {device} (nvJPEG): {exc}; "
+                "pass gpu_decode=False, or a crumpets.torch.decode.Decoder that can"
+            ) from exc
 
     def _torchvision_io(self) -> Any:
         if self._io is None:
@@ -172,19 +197,52 @@ class NvjpegDecoder(Decoder):
                 inputs.append(_as_uint8_tensor(item))
         if not todo:
             return results
-        try:
-            decoded = io.decode_jpeg(inputs, mode=mode, device=device)
-        except Exception:  # torchvision raises RuntimeError, but any failure is one file's
-            # the batched call fails as a whole: find the file, decode the others
-            decoded = []
-            for tensor in inputs:
-                try:
-                    decoded.append(io.decode_jpeg(tensor, mode=mode, device=device))
-                except Exception as exc:
-                    decoded.append(DecodeRefused(f"nvJPEG failed: {exc}"))
+        if device.type != "cuda":
+            decoded = self._decode_all(io, inputs, mode, device)
+        else:
+            # torchvision allocates the images on the current stream but writes them on a
+            # stream of its own that does not wait for the current one: memory the
+            # caller's queued kernels still read could be handed out and overwritten.
+            # Here they are allocated on a stream that runs nothing else, and each image
+            # is recorded on the caller's stream, so its memory returns to this stream's
+            # pool only when the caller's work on it is done.
+            stream = self._streams.get(device)
+            if stream is None:
+                stream = self._streams[device] = torch.cuda.Stream(device)
+            current = torch.cuda.current_stream(device)
+            with torch.cuda.stream(stream):
+                decoded = self._decode_all(io, inputs, mode, device)
+            current.wait_stream(stream)
+            for out in decoded:
+                if isinstance(out, torch.Tensor):
+                    out.record_stream(current)
         for i, out in zip(todo, decoded):
             results[i] = out
         return results
+
+    def _decode_all(
+        self, io: Any, inputs: list[torch.Tensor], mode: Any, device: torch.device
+    ) -> list[torch.Tensor | Exception]:
+        try:
+            return list(io.decode_jpeg(inputs, mode=mode, device=device))
+        except Exception:  # torchvision raises RuntimeError, but any failure is one file's
+            pass
+        # the batched call fails as a whole: find the file, decode the others
+        decoded: list[torch.Tensor | Exception] = []
+        for tensor in inputs:
+            try:
+                decoded.append(io.decode_jpeg(tensor, mode=mode, device=device))
+            except Exception as exc:
+                decoded.append(DecodeRefused(f"nvJPEG failed: {exc}"))
+        if len(inputs) > 1 and all(isinstance(d, Exception) for d in decoded) and not self._warned:
+            self._warned = True  # once: every batch may do it (out of device memory, ...)
+            warnings.warn(
+                f"nvJPEG decoded none of a batch's {len(inputs)} JPEGs (first error: "
+                f"{decoded[0]}); they are decoded on the CPU, in the main process",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return decoded
 
 
 class CPUDecoder(Decoder):
@@ -233,7 +291,9 @@ class CPUDecoder(Decoder):
                 continue
             # HxWxC -> CxHxW in numpy: torch.from_numpy records no torch call
             tensor = torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1)))
-            results.append(tensor if device.type == "cpu" else tensor.to(device))
+            if device.type != "cpu":  # pinned, so the copy does not wait for the device
+                tensor = tensor.pin_memory().to(device, non_blocking=True)
+            results.append(tensor)
         return results
 
 

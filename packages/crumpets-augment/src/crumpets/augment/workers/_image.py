@@ -451,7 +451,7 @@ class FCNWorker(ImageWorker):
     """
 
     prepare_reads_pixels = False  # its prepare reads back neither image's pixels
-    gpu_decode_keys = ("image", "target_image")
+    gpu_decode_keys: tuple[str, ...] = ("image", "target_image")
 
     def __init__(
         self,

@@ -16,6 +16,10 @@ class SegmentationWorker(FCNWorker):
     augmentation; its buffer's fill value marks pixels outside the image (use your
     loss's ignore index)."""
 
+    # Under gpu_decode the workers still decode and warp the label map (a PNG, which nvJPEG
+    # does not decode; nearest, no pixel operations): only the photo goes to the device.
+    gpu_decode_keys: tuple[str, ...] = ("image",)
+
     TARGET_DEFAULTS = {
         "interp_method": INTERP_NEAREST,
         "supersampling": 1,
