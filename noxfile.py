@@ -6,6 +6,7 @@ declares, so a missing dependency or a stray import (torch in core) fails there.
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -28,20 +29,29 @@ UV_SETTINGS = {
 }
 
 
+# pip install's precedence: environment variables, then the [install] section, then [global]
+PIP_SECTIONS = (":env:", "install", "global")
+
+
 def pip_config() -> dict[str, str]:
-    """pip's settings that uv needs, as `pip config list` gives them (environment over
-    files, later files over earlier ones, as pip applies them)."""
+    """pip's settings that uv needs, as `pip config list` gives them, in uv's form."""
     out = subprocess.run(
         [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True
     ).stdout
-    config: dict[str, str] = {}
+    found: dict[str, tuple[int, str]] = {}
     # lines like  global.find-links='/opt/wheels'  or  :env:.find-links='/opt/wheels'
     for line in out.splitlines():
         key, _, value = line.partition("=")
-        name = key.rsplit(".", 1)[-1]
-        if name in UV_SETTINGS and (name not in config or key.startswith(":env:")):
-            config[name] = value.strip().strip("'\"")
-    return config
+        section, _, name = key.rpartition(".")
+        if name not in UV_SETTINGS or section not in PIP_SECTIONS:
+            continue
+        rank = PIP_SECTIONS.index(section)
+        if name not in found or rank < found[name][0]:
+            # pip prints repr()s; a list is whitespace- or newline-separated
+            values = str(ast.literal_eval(value.strip())).split()
+            # uv takes several find-links separated by commas, the others by spaces
+            found[name] = (rank, ("," if name == "find-links" else " ").join(values))
+    return {name: value for name, (_, value) in found.items()}
 
 
 # pip takes the best version from all indexes together; uv by default the first index

@@ -76,9 +76,10 @@ SHOWN_NOT_RUN = {
 
 def _drop_type_docstrings(app, what, name, obj, options, lines):
     """A constant without a docstring of its own shows its type's (dict's, tuple's): drop it."""
-    own_type = type(obj).__doc__
-    if what in ("data", "attribute") and lines and not isinstance(obj, type) and own_type:
-        if lines[0].strip() == own_type.strip().splitlines()[0].strip():
+    # compared before napoleon rewrites the lines (it runs first): on the object itself;
+    # ==, not is: a builtin's __doc__ is a new string each time
+    if what in ("data", "attribute") and not isinstance(obj, type):
+        if type(obj).__doc__ and getattr(obj, "__doc__", None) == type(obj).__doc__:
             lines.clear()
 
 
@@ -93,3 +94,8 @@ def _skip_illustrations(app, what, name, obj, options, lines):
 def setup(app):
     app.connect("autodoc-process-docstring", _drop_type_docstrings)
     app.connect("autodoc-process-docstring", _skip_illustrations)
+
+# A reference to a crumpets name that the site does not document is an error (with -W);
+# references to other libraries' names stay plain text where no inventory resolves them.
+nitpicky = True
+nitpick_ignore_regex = [(r"py:.*", r"(?!crumpets\.).*|.*\._.*")]  # and private names

@@ -97,7 +97,15 @@ def modules(short: str) -> list[Module]:
 
 
 def page(short: str) -> str:
-    package, *rest = modules(short)
+    package, *rest = found = modules(short)
+    by_name = {m.name: m for m in found}
+
+    def home(name: str, source: str) -> str:
+        """The module that defines ``name``, following re-exports from ``source`` on."""
+        while source in by_name and name in by_name[source].from_public():
+            source = by_name[source].from_public()[name]
+        return source
+
     title = f"``crumpets.{short}``: {PACKAGES[short]}"
     out = [HEADER, "", title, "=" * len(title), "", f"The distribution ``crumpets-{short}``.", ""]
     data = [n for n in package.constants() if n in package.assigned]
@@ -107,7 +115,7 @@ def page(short: str) -> str:
     out += [f"Names re-exported by ``{package.name}``:", ""]
     for name in package.all:
         if name in package.imports and name != "__version__":
-            out.append(f"- :py:obj:`{name} <{package.imports[name]}.{name}>`")
+            out.append(f"- :py:obj:`{name} <{home(name, package.imports[name])}.{name}>`")
     out += ["", f".. autodata:: {package.name}.__version__", "   :no-value:", ""]
     out += [line for name in data for line in (f".. autodata:: {package.name}.{name}", "")]
     for module in rest:
@@ -120,7 +128,7 @@ def page(short: str) -> str:
         out += [line for n in constants for line in (f".. autodata:: {module.name}.{n}", "")]
         if links:
             out += [f"``{module.name}`` also exports, documented where they are defined:", ""]
-            out += [f"- :py:obj:`{n} <{source}.{n}>`" for n, source in links.items()]
+            out += [f"- :py:obj:`{n} <{home(n, source)}.{n}>`" for n, source in links.items()]
             out.append("")
     return "\n".join(out).rstrip() + "\n"
 

@@ -50,12 +50,16 @@ PAGES = [
 ]
 
 
+def raise_it(name: str) -> None:
+    raise ImportError(f"{name} cannot be imported")  # never a module silently left out
+
+
 def public_modules() -> list[str]:
     names = []
     for top in SUBPACKAGES:
         package = importlib.import_module(top)
         names.append(top)
-        for info in pkgutil.walk_packages(package.__path__, top + "."):
+        for info in pkgutil.walk_packages(package.__path__, top + ".", onerror=raise_it):
             if not any(part.startswith("_") for part in info.name.split(".")):
                 names.append(info.name)
     return names

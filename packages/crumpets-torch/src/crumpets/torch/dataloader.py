@@ -81,7 +81,7 @@ class TorchTurboDataLoader(TurboDataLoader):
         gpu_decode_bytes: under ``gpu_decode``, the most encoded bytes one image may have
             (default 1 MiB): each buffer set holds ``batch_size`` times this per image; a
             larger file is an error naming its sample and this option.
-        others: see :class:`crumpets.core.TurboDataLoader` (including the keyword-only
+        others: see :class:`crumpets.core.dataloader.TurboDataLoader` (including the keyword-only
             seed, shuffle, drop_last, rank, world_size, stall_timeout).
     """
 

@@ -4,7 +4,7 @@ PolyPolicy, RampPolicy and SigmoidPolicy are :class:`torch.optim.lr_scheduler.LR
 subclasses whose learning rate is ``f(base_lr, e)`` for each param group, where ``base_lr``
 is the group's lr when the policy was made (its ``initial_lr``) and ``e`` is the epoch,
 a float: the Trainer steps its ``train_policy`` after every iteration with the fractional
-epoch ``epoch + iteration / epoch_iterations`` (see :class:`~crumpets.train.Trainer`).
+epoch ``epoch + iteration / epoch_iterations`` (see :class:`~crumpets.train.trainer.Trainer`).
 
 ``step(epoch=None, metrics=None)`` is the reference's signature for every policy:
 
