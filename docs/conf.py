@@ -95,6 +95,7 @@ def setup(app):
     app.connect("autodoc-process-docstring", _drop_type_docstrings)
     app.connect("autodoc-process-docstring", _skip_illustrations)
 
+
 # A reference to a crumpets name that the site does not document is an error (with -W);
 # references to other libraries' names stay plain text where no inventory resolves them.
 nitpicky = True
