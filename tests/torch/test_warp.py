@@ -174,3 +174,112 @@ def test_cuda_gives_the_cpu_result():
     cpu = warp_images(ims, mats, (24, 24))
     gpu = warp_images([im.cuda() for im in ims], mats, (24, 24)).cpu()
     assert (cpu.int() - gpu.int()).abs().max().item() <= 1
+
+
+def distinct_batch(n, distinct=True, scales=(1.2, 0.4, 0.1, 0.03)):
+    """n images, each of its own size (or all of one), with enlarging, shrinking (2x2 to
+    4x4 samples) and strongly shrinking matrices (pyramid levels)."""
+    ims = [smooth(20 + 3 * i, 30 + i, seed=i) if distinct else smooth(20, 30) for i in range(n)]
+    mats = [rotation(10 * i, scales[i % len(scales)], 10, 10, 8, 8) for i in range(n)]
+    return ims, mats
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("border", ["background", "constant", "reflect"])
+def test_torch_calls_depend_neither_on_the_batch_size_nor_on_the_sizes(border, interpolation):
+    counts = {}
+    batches = {
+        "4 sizes": distinct_batch(4),
+        "32 sizes": distinct_batch(32),
+        "32 of one size": distinct_batch(32, distinct=False),
+        "4 sizes, one sample, no pyramid": distinct_batch(4, scales=(1.2,)),
+    }
+    for name, (ims, mats) in batches.items():
+        counts[name] = len(
+            top_level_ops(
+                lambda ims=ims, mats=mats: warp_images(
+                    ims, mats, (16, 16), border=border, interpolation=interpolation
+                )
+            )
+        )
+    assert len(set(counts.values())) == 1, counts
+
+
+class LargestTensor:
+    """The largest memory (bytes of its storage: views and expanded tensors count what
+    they share) of any tensor an aten op makes while active."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+        self.nbytes = 0
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in out if isinstance(out, (tuple, list)) else [out]:
+                    if isinstance(t, torch.Tensor):
+                        outer.nbytes = max(outer.nbytes, t.untyped_storage().nbytes())
+                return out
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def test_memory_follows_the_batchs_pixels_not_its_largest_image():
+    # one 12-megapixel photo among 31 small images: a canvas of the largest size would be
+    # 32 x 3 x 3000 x 4000 values (4.6 GB in float32)
+    big = torch.randint(0, 256, (3, 3000, 4000), dtype=torch.uint8)
+    small = [smooth(32, 32, seed=i) for i in range(31)]
+    mats = [rotation(5, 0.01, 2000, 1500, 8, 8)]  # 32x shrunk, then 2x2 samples
+    mats += [rotation(10 * i, 0.45, 16, 16, 8, 8) for i in range(31)]  # 2x2 samples
+    with LargestTensor() as largest:
+        out = warp_images([big, *small], mats, (16, 16))
+    n, channels, samples = 32, 3, 4 * 16 * 16  # 2x2 samples per target pixel
+    pixels = 3000 * 4000 + 31 * 32 * 32
+    bound = 4 * (channels * pixels + n * channels * samples) * 4  # values of 4 bytes
+    assert largest.nbytes <= bound, (largest.nbytes, bound)
+    # each image as if warped alone
+    alone = torch.cat([warp_images([im], [m], (16, 16)) for im, m in zip(small, mats[1:])])
+    assert (out[1:].int() - alone.int()).abs().max().item() <= 1
+
+
+def test_images_warp_alike_in_any_batch_with_pyramid_levels():
+    # the pyramid of each image is its own (its last row and column averaged alone), and
+    # bicubic taps stay on their image: results do not depend on the neighbours (the
+    # scales give pyramid levels 2, 0, 3, 1 and all 2x2 samples, the batch's k too)
+    ims, mats = distinct_batch(8, scales=(0.12, 0.3, 0.05, 0.2))
+    for mode in ("bilinear", "bicubic"):
+        together = warp_images(ims, mats, (16, 16), border="replicate", interpolation=mode)
+        for im, m, got in zip(ims, mats, together):
+            alone = warp_images([im], [m], (16, 16), border="replicate", interpolation=mode)[0]
+            assert (got.int() - alone.int()).abs().max().item() <= 1, mode
+
+
+def test_bicubic_keeps_a_flat_image_flat_at_every_pyramid_level():
+    im = torch.full((3, 97, 61), 200, dtype=torch.uint8)
+    for scale in (0.45, 0.2, 0.1, 0.04):
+        out = warp_images(
+            [im],
+            [rotation(7, scale, 30, 48, 6, 6)],
+            (12, 12),
+            border="replicate",
+            interpolation="bicubic",
+        )
+        assert out.min().item() == out.max().item() == 200, scale
+
+
+def test_nearest_rounds_half_pixels_as_cv2():
+    row = torch.arange(16, dtype=torch.uint8).repeat(4, 1)[None] * 10
+    # target u samples source x = 2u + 0.5: cv2 takes x + 0.5 rounded down (half up),
+    # and rounds to even with BORDER_REFLECT_101
+    halve = [[0.5, 0, -0.25], [0, 1.0, 0]]
+    up = warp_images([row], [halve], (4, 8), border="replicate", interpolation="nearest")
+    even = warp_images([row], [halve], (4, 8), border="reflect", interpolation="nearest")
+    assert up[0, 0, 0].tolist() == [10, 30, 50, 70, 90, 110, 130, 150]
+    assert even[0, 0, 0].tolist() == [0, 20, 40, 60, 80, 100, 120, 140]

@@ -1,12 +1,39 @@
 """Batched affine warps on the device: every image of a batch with its own 2x3 matrix, in
-one ``torch.nn.functional.grid_sample``.
+one ``torch.nn.functional.grid_sample`` per interpolation mode.
 
 A matrix maps source pixel coordinates to target pixel coordinates, pixel centres at
 integers, as ``batch['augmentation'][i]['transform']`` reports it and as
-``cv2.warpAffine`` takes it. Images of different sizes share one padded canvas: the
-images of each size are stacked, padded and placed together (a few calls), so a batch costs
-a fixed number of torch calls plus four per distinct source size, never a loop over its
-samples.
+``cv2.warpAffine`` takes it.
+
+Layout. The images are packed into one float32 atlas (C, height, width), each in a slot of
+its own size (shelves of slots, tallest first, first fit, in a strip about as wide as the
+square root of the batch's pixels), never on a canvas of the largest image's size. Each
+pyramid level an image is sampled from (below) gets a slot too: a third of the image's
+pixels at most. When a bicubic image is in the batch, every slot has a one-pixel border of
+its edge repeated, so that bicubic taps never read a neighbour. The images reach the atlas
+from one flat copy of them all (``flatten_dense_tensors``: one call whatever their number)
+by one gather in the atlas's own order (index arithmetic over runs: a shelf's row through
+one slot or gap, then over pixels), the pyramid levels after it, level by level, each
+pixel the mean of the four below it (a gather and a scatter). ``grid_sample`` then reads
+the one atlas for every image (expanded to the batch, not copied), each with its own
+offsets. Each image's result is what it would be alone in a batch of the same k.
+
+Cost. Calls: the torch calls per batch depend only on ``border`` and the interpolation
+modes present, never on the number of images, their sizes or pyramid levels: the pyramid
+loop always runs its five levels (an empty one costs its calls, no work) and the k x k mean
+runs with k = 1 too. Host syncs: none. The per-image numbers (inverse matrices, bounds,
+atlas offsets, fills, mode picks) and the atlas's tables (slots, shelves, segments) are
+built on the host as two tensors, pinned where the device is CUDA and copied with
+``non_blocking=True``, once per batch; the sizes the device needs (``repeat_interleave``'s)
+come from the host. Memory: the atlas holds 4 bytes per channel and atlas pixel (packing
+wastes some 3 to 6% for photos, more for a batch of a few very different sizes), and while
+it is built, index tensors (int32 where the batch has fewer than 2**31 values) of a few
+bytes per pixel: some 40 to 55 bytes per source pixel at the peak for three channels (a
+12-megapixel photo among 31 small images: 0.6 GB on the CPU; a canvas of the largest size
+took 12 GB), plus the output and the sampling grid as before, all proportional to the
+batch's pixels. On the CPU, a batch of one size costs some 1.1x to 1.5x the time the canvas
+took (64 images 375 x 500 to 224 x 224 with 2 x 2 samples; more with one sample, where the
+sampling is cheap): the index arithmetic and gather of every pixel.
 
 Borders (``border``):
 
@@ -24,24 +51,29 @@ sharp edges).
 
 Antialiasing (``antialias=True``), as the CPU workers do it in kind: where the matrix
 shrinks an image by 2x or more, the image is first shrunk by a power of two (an area
-average: a pyramid of 2x2 means, built once for the whole canvas) until the warp shrinks
-it by 2x to 4x, and the warp then averages k x k samples per target pixel (k = 2, more
-where strong aspect or shear shrinks one axis further, at most 4; one sample where the
-warp shrinks by less than 1.8x). The pyramid's levels sit side by side in one atlas, so
-one ``grid_sample`` still serves every image. Unlike the CPU path, k is the largest any
-image of the batch needs (one sampling grid serves all), the shrinking is by powers of
-two only (the CPU also area-averages by other whole factors, and decodes JPEGs reduced),
-and bicubic taps near the edge of a shrunk level may read the neighbouring level.
+average: a pyramid of 2x2 means, each level's last row and column the means of the pixels
+there are, as ``avg_pool2d(ceil_mode=True)`` on the image alone) until the warp shrinks it
+by 2x to 4x, and the warp then averages k x k samples per target pixel (k = 2, more where
+strong aspect or shear shrinks one axis further, at most 4; one sample where the warp
+shrinks by less than 1.8x). Unlike the CPU path, k is the largest any image of the batch
+needs (one sampling grid serves all), and the shrinking is by powers of two only (the CPU
+also area-averages by other whole factors, and decodes JPEGs reduced).
+
+Nearest-neighbour (labels) takes the pixel ``cv2.warpAffine`` takes, half pixels included:
+rounded half up, to even with ``'reflect'`` (as OpenCV does), before ``grid_sample``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from ._atlas import MAX_LEVEL, fill_atlas, level_size, plan_atlas
 
 __all__ = ["BORDERS", "INTERPOLATIONS", "warp_images"]
 
@@ -55,7 +87,6 @@ _MODES = ("nearest", "bilinear", "bicubic")
 _REACH = 0.5
 _ONE_SAMPLE = 0.55
 _MAX_SAMPLES = 4
-_MAX_LEVEL = 5  # 32x: beyond it the k x k samples of a smaller level still antialias
 
 
 def _scales(a: float, b: float, c: float, d: float) -> tuple[float, float]:
@@ -71,7 +102,7 @@ def _level_and_samples(largest: float, smallest: float, longest: int) -> tuple[i
     level = 0
     if largest > 0:
         while (
-            level < _MAX_LEVEL
+            level < MAX_LEVEL
             and largest * 2 ** (level + 1) <= _REACH
             and 2 ** (level + 1) <= longest
         ):
@@ -82,10 +113,10 @@ def _level_and_samples(largest: float, smallest: float, longest: int) -> tuple[i
     return level, max(2, min(_MAX_SAMPLES, math.ceil(_REACH / shrunk)))
 
 
-def _fill_tensor(fill: Any, n: int, channels: int, device: torch.device) -> torch.Tensor:
-    """``fill`` as (n, channels, 1, 1) float32: a number, one per channel, or one per sample
-    (n values or n x channels)."""
-    t = torch.as_tensor(fill, dtype=torch.float32).to(device)
+def _fill_values(fill: Any, n: int, channels: int) -> torch.Tensor:
+    """``fill`` as (n, channels) float32 where it is (the host for numbers and lists): a
+    number, one per channel, or one per sample (n values or n x channels)."""
+    t = torch.as_tensor(fill, dtype=torch.float32)
     if t.dim() == 0:
         t = t.expand(n, channels)
     elif t.dim() == 1 and t.numel() == channels and not (n == channels and channels != 1):
@@ -99,59 +130,7 @@ def _fill_tensor(fill: Any, n: int, channels: int, device: torch.device) -> torc
             f"fill must be a number, {channels} values, {n} values or {n} x {channels} "
             f"values, got shape {tuple(t.shape)}"
         )
-    return t.reshape(n, channels, 1, 1)
-
-
-def _canvas(images: Sequence[torch.Tensor], height: int, width: int) -> torch.Tensor:
-    """The images on one float32 canvas (n, C, height, width), each at the top left, its
-    right and bottom edges repeated to the canvas's (so the pyramid's means at an image's
-    edge see its edge pixels, not its neighbours')."""
-    first = images[0]
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(images):
-        groups.setdefault((int(im.shape[-2]), int(im.shape[-1])), []).append(i)
-    if len(groups) == 1:
-        (h, w), _ = next(iter(groups.items()))
-        stacked = torch.stack(list(images)).float()
-        if (h, w) == (height, width):
-            return stacked
-        return F.pad(stacked, (0, width - w, 0, height - h), mode="replicate")
-    canvas = torch.empty(
-        (len(images), first.shape[0], height, width), dtype=torch.float32, device=first.device
-    )
-    for (h, w), index in groups.items():  # one round per distinct size, not per sample
-        stacked = torch.stack([images[i] for i in index]).float()
-        if (h, w) != (height, width):
-            stacked = F.pad(stacked, (0, width - w, 0, height - h), mode="replicate")
-        canvas.index_copy_(0, torch.tensor(index, device=first.device), stacked)
-    return canvas
-
-
-def _atlas(canvas: torch.Tensor, levels: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """The canvas and its pyramid (2x2 means, ``levels`` times) in one image: level 0 on
-    the left, the smaller levels stacked in a column on its right. Returns the atlas and
-    each level's (x, y) offset in it."""
-    if levels == 0:
-        return canvas, [(0, 0)]
-    n, c, height, width = canvas.shape
-    pyramid = [canvas]
-    for _ in range(levels):
-        pyramid.append(F.avg_pool2d(pyramid[-1], 2, ceil_mode=True))
-    column = max(p.shape[-1] for p in pyramid[1:])
-    rows = sum(p.shape[-2] for p in pyramid[1:])
-    atlas = canvas.new_empty((n, c, max(height, rows), width + column))
-    # never sampled, but a bilinear tap of weight 0 may read them: no NaN there
-    atlas[:, :, :, width:].zero_()
-    atlas[:, :, height:, :width].zero_()
-    atlas[:, :, :height, :width] = canvas
-    offsets = [(0, 0)]
-    y = 0
-    for p in pyramid[1:]:
-        h, w = p.shape[-2:]
-        atlas[:, :, y : y + h, width : width + w] = p
-        offsets.append((width, y))
-        y += h
-    return atlas, offsets
+    return t
 
 
 def warp_images(
@@ -167,8 +146,8 @@ def warp_images(
     """Warp each image with its own 2x3 matrix to ``size``, all in one batched sampling.
 
     Args:
-        images: uint8 (or float) tensors (C, h_i, w_i) on one device, the same C; sizes
-            may differ.
+        images: uint8 (or float) tensors (C, h_i, w_i) on one device, the same C and dtype;
+            sizes may differ.
         matrices: (n, 2, 3): each image's matrix from source to target pixel coordinates
             (pixel centres at integers), as ``cv2.warpAffine`` takes it; nested lists or a
             tensor or array.
@@ -220,25 +199,50 @@ def warp_images(
         # target -> source pixels: the inverse of [[a, b, x], [c, d, y]]
         ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
         plans.append((ia, ib, -(ia * x + ib * y), ic, id_, -(ic * x + id_ * y), level, k))
-    levels = max(p[6] for p in plans)
     k = max(p[7] for p in plans)
-    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
-    atlas, offsets = _atlas(_canvas(images, height, width), levels)
-    ah, aw = atlas.shape[-2:]
+    present = sorted(set(modes), key=_MODES.index)
+    # bicubic taps reach one pixel past the sampled one: a margin of repeated edge for them
+    atlas_plan = plan_atlas(sizes, [p[6] for p in plans], channels, int("bicubic" in present))
+    ah, aw = atlas_plan.height, atlas_plan.width
 
     # Per image: the affine map from the sample grid to the pixel coordinates of its
-    # pyramid level ((x + 0.5) / 2**level - 0.5), and that level's bounds and offset.
-    theta, bounds = [], []
-    for (ia, ib, ix, ic, id_, iy, level, _), (h, w) in zip(plans, sizes):
+    # pyramid level ((x + 0.5) / 2**level - 0.5), that level's bounds and place in the
+    # atlas, which mode samples it, and its fill: one row of host numbers.
+    host_fill = not (isinstance(fill, torch.Tensor) and fill.device.type != "cpu")
+    fills = _fill_values(fill, n, channels) if host_fill else None
+    meta = []
+    for i, ((ia, ib, ix, ic, id_, iy, level, _), (h, w)) in enumerate(zip(plans, sizes)):
         s = 0.5**level
         o = 0.5 * s - 0.5
-        theta.append([[ia * s, ib * s, ix * s + o], [ic * s, id_ * s, iy * s + o]])
-        ox, oy = offsets[level]
-        lw, lh = -(-w // 2**level), -(-h // 2**level)  # the level's pixels (the last partly)
-        # [x last pixel, y last pixel, x extent, y extent, x offset, y offset]
-        bounds.append([lw - 1, lh - 1, w * s - 0.5, h * s - 0.5, ox, oy])
-    theta_t = torch.tensor(theta, dtype=torch.float64, device=device)
-    bound = torch.tensor(bounds, dtype=torch.float32, device=device)[:, :, None, None]
+        lh, lw = level_size(h, w, level)  # the level's pixels (the last partly)
+        ox, oy = atlas_plan.origins[i]
+        meta.append(
+            [ia * s, ib * s, ix * s + o, ic * s, id_ * s, iy * s + o]
+            # x last pixel, y last pixel, x extent, y extent, x offset, y offset
+            + [lw - 1, lh - 1, w * s - 0.5, h * s - 0.5, ox, oy]
+            + [float(modes[i] == mode) for mode in _MODES]
+        )
+    host = torch.tensor(meta, dtype=torch.float64)
+    if fills is not None:
+        host = torch.cat([host, fills.to(torch.float64)], 1)
+    # int32 indices where they fit: half the memory of int64, and index_select takes them
+    largest_index = max(channels * sum(h * w for h, w in sizes), ah * aw, *atlas_plan.pixels)
+    index_type = torch.int32 if largest_index < 2**31 else torch.int64
+    # the atlas's three int tables in one host tensor, sliced on the device
+    tables = [atlas_plan.table, atlas_plan.shelves, atlas_plan.segments]
+    ints = torch.tensor([v for t in tables for r in t for v in r], dtype=index_type)
+    if device.type == "cuda":  # pinned, so that the copies below do not wait
+        host, ints = host.pin_memory(), ints.pin_memory()
+    meta_t = host.to(device, non_blocking=True)
+    ints = ints.to(device, non_blocking=True)
+    ends = list(itertools.accumulate(len(t) * w for t, w in zip(tables, (12, 5, 7))))
+    slot_table, shelves, segments = (
+        ints[start:stop].view(-1, w) for start, stop, w in zip([0, *ends], ends, (12, 5, 7))
+    )
+    atlas = fill_atlas(images, atlas_plan, slot_table, shelves, segments)
+
+    theta_t = meta_t[:, :6].reshape(n, 2, 3)
+    bound = meta_t[:, 6:12].to(torch.float32)[:, :, None, None]
     last_x, last_y = bound[:, 0], bound[:, 1]
 
     # The sample positions: k x k per target pixel, at (j + 0.5) / k - 0.5 target pixels.
@@ -248,59 +252,83 @@ def warp_images(
     grid = torch.stack([us.expand(shape), vs[:, None].expand(shape), us.new_ones(shape)], -1)
     coords = torch.einsum("hwk,njk->nhwj", grid, theta_t).float()  # (n, H, W, 2) level pixels
     xs, ys = coords[..., 0], coords[..., 1]
-    if border == "reflect":
-        xs, ys = _reflect(xs, last_x), _reflect(ys, last_y)
-    else:  # replicate, and the others' samples before their blending with the fill
-        weight: torch.Tensor | None = None
-        if border == "constant":
-            # the share of the bilinear taps that fall on the image
-            wx = torch.minimum(xs + 1, last_x + 1 - xs).clamp_(0, 1)
-            wy = torch.minimum(ys + 1, last_y + 1 - ys).clamp_(0, 1)
-            weight = (wx * wy)[:, None]
-        elif border == "background" and k == 1:
-            # one sample: the pixels whose centres map outside get the fill
-            ext_x, ext_y = bound[:, 2], bound[:, 3]
-            weight = ((xs >= -0.5) & (xs <= ext_x) & (ys >= -0.5) & (ys <= ext_y))[:, None]
-        elif border == "background":
-            # several: how much of the pixel the source covers, as the CPU warp measures it
-            # (a bilinear ramp across the edge, averaged), less than half gets the fill
-            wx = torch.minimum(xs + 1, bound[:, 2] + 0.5 - xs).clamp_(0, 1)
-            wy = torch.minimum(ys + 1, bound[:, 3] + 0.5 - ys).clamp_(0, 1)
-            weight = (wx * wy)[:, None]
-        xs = torch.minimum(xs.clamp(min=0), last_x)
-        ys = torch.minimum(ys.clamp(min=0), last_y)
-    # into the atlas, normalised for grid_sample (align_corners=False: pixel i's centre
-    # is at (2i + 1) / size - 1)
-    gx = (xs + bound[:, 4]) * (2 / aw) + (1 / aw - 1)
-    gy = (ys + bound[:, 5]) * (2 / ah) + (1 / ah - 1)
-    sample_grid = torch.stack([gx, gy], -1)
-    present = sorted(set(modes), key=_MODES.index)
-    out = None
+    weight: torch.Tensor | None = None
+    if border == "constant":
+        # the share of the bilinear taps that fall on the image
+        wx = torch.minimum(xs + 1, last_x + 1 - xs).clamp_(0, 1)
+        wy = torch.minimum(ys + 1, last_y + 1 - ys).clamp_(0, 1)
+        weight = (wx * wy)[:, None]
+    elif border == "background":
+        # how much of the pixel the source covers, as the CPU warp measures it: a
+        # bilinear ramp across the edge, 1/2 where the edge crosses the sample
+        wx = torch.minimum(xs + 1, bound[:, 2] + 0.5 - xs).clamp_(0, 1)
+        wy = torch.minimum(ys + 1, bound[:, 3] + 0.5 - ys).clamp_(0, 1)
+        # one sample: its centre maps into the source (both ramps at least 1/2);
+        # several: their mean coverage (below, at least 1/2). One call either way, so
+        # the calls do not depend on k.
+        weight = (torch.minimum(wx, wy) if k == 1 else wx * wy)[:, None]
+    # every image samples the one atlas: expanded to the batch, not copied
+    source = atlas.expand(n, -1, -1, -1)
+    out, smooth = None, None
     for mode in present:  # one sampling call per interpolation mode in the batch
-        sampled = F.grid_sample(
-            atlas, sample_grid, mode=mode, padding_mode="border", align_corners=False
-        )
+        if mode == "nearest":
+            # the pixel cv2's INTER_NEAREST takes, made whole before the border (as cv2
+            # does) and before grid_sample, whose own rounding of a half pixel would follow
+            # float noise. cv2 rounds halves up, but to even with BORDER_REFLECT_101.
+            if border == "reflect":
+                x, y = xs.round(), ys.round()
+            else:
+                x, y = (xs + 0.5).floor_(), (ys + 0.5).floor_()
+            grid = _atlas_grid(*_onto_image(x, y, bound, border), bound, ah, aw)
+        else:  # bilinear and bicubic share one grid
+            if smooth is None:
+                smooth = _atlas_grid(*_onto_image(xs, ys, bound, border), bound, ah, aw)
+            grid = smooth
+        sampled = F.grid_sample(source, grid, mode=mode, padding_mode="border", align_corners=False)
         if out is None:
             out = sampled
         else:
-            pick = torch.tensor([m == mode for m in modes], device=device)[:, None, None, None]
-            out = torch.where(pick, sampled, out)
+            pick = meta_t[:, 12 + _MODES.index(mode)] > 0.5
+            out = torch.where(pick[:, None, None, None], sampled, out)
     assert out is not None
+    # k x k samples to a pixel; with k = 1 a copy, so that the calls do not depend on k
     if border in ("constant", "background"):
         assert weight is not None  # made with the samples' positions above
-        fills = _fill_tensor(fill, n, channels, device)
-        if border == "constant":
-            out = torch.lerp(fills, out, weight)
-            if k > 1:
-                out = F.avg_pool2d(out, k)
+        if host_fill:
+            fill_t = meta_t[:, 12 + len(_MODES) :].to(torch.float32)
         else:
-            covered = weight.float()
-            if k > 1:
-                out, covered = F.avg_pool2d(out, k), F.avg_pool2d(covered, k)
-            out = torch.where(covered >= 0.5, out, fills)
-    elif k > 1:
+            fill_t = _fill_values(fill, n, channels).to(device)
+        fill_t = fill_t.reshape(n, channels, 1, 1)
+        if border == "constant":
+            out = F.avg_pool2d(torch.lerp(fill_t, out, weight), k)
+        else:
+            out, covered = F.avg_pool2d(out, k), F.avg_pool2d(weight, k)
+            out = torch.where(covered >= 0.5, out, fill_t)
+    else:
         out = F.avg_pool2d(out, k)
     return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _onto_image(
+    xs: torch.Tensor, ys: torch.Tensor, bound: torch.Tensor, border: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coordinates moved onto the image: mirrored for 'reflect', else clamped (replicate,
+    and the other borders' samples before their blending with the fill)."""
+    last_x, last_y = bound[:, 0], bound[:, 1]
+    if border == "reflect":
+        return _reflect(xs, last_x), _reflect(ys, last_y)
+    return torch.minimum(xs.clamp(min=0), last_x), torch.minimum(ys.clamp(min=0), last_y)
+
+
+def _atlas_grid(
+    xs: torch.Tensor, ys: torch.Tensor, bound: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Level pixel coordinates moved to the image's place in the atlas (``bound``'s offsets)
+    and normalised for grid_sample (align_corners=False: pixel i's centre is at
+    (2i + 1) / size - 1)."""
+    gx = (xs + bound[:, 4]) * (2 / width) + (1 / width - 1)
+    gy = (ys + bound[:, 5]) * (2 / height) + (1 / height - 1)
+    return torch.stack([gx, gy], -1)
 
 
 def _reflect(x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
