@@ -400,11 +400,34 @@ def bench_transfer(device: torch.device, sizes: Sizes, workers: int) -> list[Row
     return rows
 
 
-# -- 5. gpu decode --------------------------------------------------------------------------
-def decode_rate(
-    path: str, device: torch.device, sizes: Sizes, workers: int, gpu_decode: bool
+# -- 4. end to end -------------------------------------------------------------------------
+def dataset(args: argparse.Namespace, tmp: str) -> tuple[str | None, str]:
+    """(dataset file or None, what it is or why there is none)."""
+    if args.data:
+        return args.data, Path(args.data).name
+    try:
+        import throughput  # benchmarks/throughput.py: needs scikit-image (and psutil)
+    except ImportError as exc:
+        return None, (
+            f"skipped: no --data FILE, and throughput.py cannot make one here ({exc}); "
+            "pass --data with a dataset file made where scikit-image is installed "
+            "(benchmarks/README.md says how)"
+        )
+    path = throughput.make_dataset(args.cache or tmp, args.images)
+    return path, f"{args.images} JPEGs of throughput.py"
+
+
+def loader_speed(
+    path: str,
+    device: torch.device,
+    sizes: Sizes,
+    workers: int,
+    *,
+    gpu_augmentation: bool,
+    gpu_decode: bool = False,
 ) -> tuple[float, float]:
-    """(images/s, main-process CPU %) of the loader with or without gpu_decode."""
+    """(images/s, main-process CPU %) of TorchTurboDataLoader + ClassificationWorker +
+    AUGMENTATION_TRAIN, both measured after the warm-up."""
     worker = ClassificationWorker(
         ((3, sizes.side, sizes.side), np.uint8),
         ((1,), np.int64),
@@ -414,13 +437,15 @@ def decode_rate(
     warmup = sizes.e2e_warmup or max(5, 2 * workers)
     timed = sizes.e2e_batches or max(60, 10 * workers)
     with Reader(path) as reader:
+        if len(reader) < sizes.batch:
+            raise ValueError(f"{path} holds {len(reader)} samples, fewer than a batch")
         loader = TorchTurboDataLoader(
             reader,
             sizes.batch,
             worker,
             workers,
             device=device,
-            gpu_augmentation=True,
+            gpu_augmentation=gpu_augmentation,
             gpu_decode=gpu_decode,
             shuffle=True,
             seed=0,
@@ -438,6 +463,34 @@ def decode_rate(
     return rate, 100 * cpu_time / wall
 
 
+def bench_end_to_end(
+    args: argparse.Namespace, device: torch.device, sizes: Sizes, workers: int
+) -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="crumpets-gpu-") as tmp:
+        path, data = dataset(args, tmp)
+        if path is None:
+            return [("end-to-end", "TorchTurboDataLoader + ClassificationWorker", data)]
+        rates = {}
+        for gpu_augmentation in (False, True):
+            print(f"end-to-end: gpu_augmentation={gpu_augmentation} ...", file=sys.stderr)
+            rates[gpu_augmentation], _ = loader_speed(
+                path, device, sizes, workers, gpu_augmentation=gpu_augmentation
+            )
+    what = (
+        f"TorchTurboDataLoader(device='{device}') + ClassificationWorker + AUGMENTATION_TRAIN, "
+        f"3x{sizes.side}x{sizes.side}, batch {sizes.batch}, {workers} workers, {data}"
+    )
+    return [
+        ("end-to-end", f"{what}, gpu_augmentation=False", f"{rates[False]:,.0f} img/s"),
+        (
+            "end-to-end",
+            f"{what}, gpu_augmentation=True",
+            f"{rates[True]:,.0f} img/s ({rates[True] / rates[False]:.2f}x)",
+        ),
+    ]
+
+
+# -- 5. gpu decode --------------------------------------------------------------------------
 def decoder_memory(path: str, device: torch.device, batch: int) -> str:
     """Device memory the first nvJPEG decode of ``batch`` files takes."""
     with Reader(path) as reader:
@@ -482,7 +535,9 @@ def bench_gpu_decode(args: argparse.Namespace, device: torch.device, sizes: Size
                 print(
                     f"gpu decode: {workers} workers, gpu_decode={gpu_decode} ...", file=sys.stderr
                 )
-                rates[gpu_decode] = decode_rate(path, device, sizes, workers, gpu_decode)
+                rates[gpu_decode] = loader_speed(
+                    path, device, sizes, workers, gpu_augmentation=True, gpu_decode=gpu_decode
+                )
             (cpu_rate, cpu_pct), (gpu_rate, gpu_pct) = rates[False], rates[True]
             rows.append(
                 (
@@ -505,77 +560,7 @@ def bench_gpu_decode(args: argparse.Namespace, device: torch.device, sizes: Size
     return rows
 
 
-# -- 4. end to end -------------------------------------------------------------------------
-def dataset(args: argparse.Namespace, tmp: str) -> tuple[str | None, str]:
-    """(dataset file or None, what it is or why there is none)."""
-    if args.data:
-        return args.data, Path(args.data).name
-    try:
-        import throughput  # benchmarks/throughput.py: needs scikit-image (and psutil)
-    except ImportError as exc:
-        return None, (
-            f"skipped: no --data FILE, and throughput.py cannot make one here ({exc}); "
-            "pass --data with a dataset file made where scikit-image is installed "
-            "(benchmarks/README.md says how)"
-        )
-    path = throughput.make_dataset(args.cache or tmp, args.images)
-    return path, f"{args.images} JPEGs of throughput.py"
-
-
-def e2e_rate(
-    path: str, device: torch.device, sizes: Sizes, workers: int, gpu_augmentation: bool
-) -> float:
-    worker = ClassificationWorker(
-        ((3, sizes.side, sizes.side), np.uint8),
-        ((1,), np.int64),
-        image_params=INPUT_PARAMS_TRAIN,
-        image_rng=AUGMENTATION_TRAIN,
-    )
-    warmup = sizes.e2e_warmup or max(5, 2 * workers)
-    timed = sizes.e2e_batches or max(60, 10 * workers)
-    with Reader(path) as reader:
-        if len(reader) < sizes.batch:
-            raise ValueError(f"{path} holds {len(reader)} samples, fewer than a batch")
-        loader = TorchTurboDataLoader(
-            reader,
-            sizes.batch,
-            worker,
-            workers,
-            device=device,
-            gpu_augmentation=gpu_augmentation,
-            shuffle=True,
-            seed=0,
-            drop_last=True,
-        )
-        return loader_rate(loader, device, warmup, timed, lambda mb: len(mb["image"]))
-
-
-def bench_end_to_end(
-    args: argparse.Namespace, device: torch.device, sizes: Sizes, workers: int
-) -> list[Row]:
-    with tempfile.TemporaryDirectory(prefix="crumpets-gpu-") as tmp:
-        path, data = dataset(args, tmp)
-        if path is None:
-            return [("end-to-end", "TorchTurboDataLoader + ClassificationWorker", data)]
-        rates = {}
-        for gpu_augmentation in (False, True):
-            print(f"end-to-end: gpu_augmentation={gpu_augmentation} ...", file=sys.stderr)
-            rates[gpu_augmentation] = e2e_rate(path, device, sizes, workers, gpu_augmentation)
-    what = (
-        f"TorchTurboDataLoader(device='{device}') + ClassificationWorker + AUGMENTATION_TRAIN, "
-        f"3x{sizes.side}x{sizes.side}, batch {sizes.batch}, {workers} workers, {data}"
-    )
-    return [
-        ("end-to-end", f"{what}, gpu_augmentation=False", f"{rates[False]:,.0f} img/s"),
-        (
-            "end-to-end",
-            f"{what}, gpu_augmentation=True",
-            f"{rates[True]:,.0f} img/s ({rates[True] / rates[False]:.2f}x)",
-        ),
-    ]
-
-
-# -- 5. the Trainer's overhead -------------------------------------------------------------
+# -- 6. the Trainer's overhead -------------------------------------------------------------
 class SyntheticDigitWorker(BufferWorker):
     """16x16 grey 'digits' for machines without scikit-learn: a bright bar whose row is
     the class, on a noisy background."""
