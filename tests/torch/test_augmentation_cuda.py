@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _profile import top_level_ops
 
 from crumpets.torch.augmentation_cuda import add_blur, add_gamma, add_noise_other, add_noise_rgb
 from crumpets.torch.randomizer import Randomizer, randomize
@@ -137,17 +138,6 @@ def every_op(n, seed=0):
         }
         for _ in range(n)
     ]
-
-
-def top_level_ops(fn):
-    """aten ops with no parent op that one call of fn issues (each is at least one kernel
-    launch on a GPU)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()  # caches (tables per device) are made once, not per batch
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    return [e.name for e in prof.events() if e.name.startswith("aten::") and e.cpu_parent is None]
 
 
 def test_ops_per_batch_do_not_grow_with_the_batch():

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _profile import top_level_ops
 
 from crumpets.torch.decode import (
     Decoder,
@@ -171,25 +172,16 @@ def test_decode_sample_names_the_sample_of_a_bad_file():
 
 
 def test_decode_sample_ops_do_not_grow_with_the_batch():
-    from torch.profiler import ProfilerActivity, profile
-
     counts = {}
     for n in (4, 32):
         sample = encoded_batch(n)
-        decode_sample(sample, SPECS, torch.device("cpu"), RawDecoder())
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            decode_sample(sample, SPECS, torch.device("cpu"), RawDecoder())
         # torch.from_numpy (aten::lift_fresh, no kernel) wraps each image the stand-in
         # decoder made: the decoding is per image by nature; what follows must not be
-        counts[n] = len(
-            [
-                e
-                for e in prof.events()
-                if e.name.startswith("aten::")
-                and e.cpu_parent is None
-                and e.name != "aten::lift_fresh"
-            ]
+        ops = top_level_ops(
+            lambda sample=sample: decode_sample(sample, SPECS, torch.device("cpu"), RawDecoder()),
+            ignore=("aten::lift_fresh",),
         )
+        counts[n] = len(ops)
     assert counts[4] == counts[32], counts
 
 

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _profile import top_level_ops
 
 from crumpets.torch.warp import warp_images
 
@@ -141,15 +142,6 @@ def test_per_image_fill_and_errors():
         warp_images(ims, [shrink, [[1, 1, 0], [1, 1, 0]]], (6, 6))
     with pytest.raises(ValueError, match="1 matrices for 2 images"):
         warp_images(ims, [shrink], (6, 6))
-
-
-def top_level_ops(fn):
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    return [e.name for e in prof.events() if e.name.startswith("aten::") and e.cpu_parent is None]
 
 
 @pytest.mark.parametrize("border", ["constant", "reflect", "background"])
